@@ -1,0 +1,191 @@
+// Forward-pass latency and achieved TFLOP/s of full-size U-Nets with random
+// weights. Default cases: SD-v1.5 batch 8 at 64×64 latents and SDXL batch 4
+// at 128×128, 77 text tokens, bf16 on the GPU.
+//
+//   unet_forward [--device cuda] [--dtype bf16] [--iters 20] [--warmup 5]
+//                [--case sd15|sdxl|all] [--batch N --size S]
+//                [--mode eager|graph|all] [--channels-last 0|1]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/cli_args.h"
+#include "engine/graphed_forward.h"
+#include "engine/model_loader.h"
+#include "engine/unet.h"
+
+namespace {
+
+using lpd::engine::GraphedForward;
+using lpd::engine::UNet2DConditionModel;
+using lpd::engine::UNet2DConditionModelImpl;
+using lpd::engine::UNetInputs;
+
+struct Case {
+  std::string name;
+  std::string config_file;
+  int64_t batch;
+  int64_t size;
+};
+
+void Synchronize(torch::Device device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+double MedianMs(std::vector<double> ms) {
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+int RunCase(const Case& c, torch::Device device, torch::Dtype dtype,
+            const std::string& mode, bool channels_last, int warmup,
+            int iters) {
+  std::ifstream in(std::string(LPD_CONFIGS_DIR) + "/" + c.config_file);
+  std::stringstream text;
+  text << in.rdbuf();
+  auto config = lpd::engine::ParseUNetConfig(text.str(), c.config_file);
+  if (!config.ok()) {
+    std::fprintf(stderr, "%s\n", config.status().ToString().c_str());
+    return 1;
+  }
+  lpd::engine::UNetOptions options;
+  options.config = *config;
+  options.tensor_options = torch::TensorOptions().device(device).dtype(dtype);
+  auto impl = UNet2DConditionModelImpl::Create(options);
+  if (!impl.ok()) {
+    std::fprintf(stderr, "%s\n", impl.status().ToString().c_str());
+    return 1;
+  }
+  UNet2DConditionModel model(*impl);
+  model->RandomizeParameters(1);
+  model->eval();
+  if (channels_last) {
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->parameters()) {
+      if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+    }
+  }
+  const auto to = torch::TensorOptions().device(device).dtype(dtype);
+  UNetInputs inputs;
+  inputs.sample = torch::randn({c.batch, config->in_channels, c.size, c.size}, to);
+  if (channels_last) {
+    inputs.sample = inputs.sample.contiguous(torch::MemoryFormat::ChannelsLast);
+  }
+  inputs.timestep = torch::full({c.batch}, 500, to.dtype(torch::kInt64));
+  inputs.encoder_hidden_states =
+      torch::randn({c.batch, 77, config->cross_attention_dim}, to);
+  if (config->text_time_embedding) {
+    const int64_t k = 6;
+    inputs.text_embeds = torch::randn(
+        {c.batch, config->projection_class_embeddings_input_dim -
+                      k * config->addition_time_embed_dim},
+        to);
+    inputs.time_ids = torch::full({c.batch, k}, 1024.0, to);
+  }
+
+  torch::NoGradGuard no_grad;
+  lpd::engine::FlopCounter::Start();
+  model->forward(inputs);
+  const double flops = static_cast<double>(lpd::engine::FlopCounter::Stop());
+  std::printf("%s: batch %ld, %ldx%ld latents, %s, %.3f G parameters, "
+              "%.2f TFLOP per forward\n",
+              c.name.c_str(), static_cast<long>(c.batch),
+              static_cast<long>(c.size), static_cast<long>(c.size),
+              torch::toString(dtype), model->NumParameters() / 1e9,
+              flops / 1e12);
+
+  for (const std::string m : {"eager", "graph"}) {
+    if (mode != "all" && mode != m) continue;
+    auto runner = GraphedForward::Create(model, inputs, m == "graph");
+    if (!runner.ok()) {
+      std::fprintf(stderr, "%s\n", runner.status().ToString().c_str());
+      return 1;
+    }
+    if (m == "graph" && !(*runner)->graphed()) {
+      std::printf("  graph: not available on this device/build\n");
+      continue;
+    }
+    for (int i = 0; i < warmup; ++i) (void)(*runner)->Run(inputs);
+    Synchronize(device);
+    std::vector<double> ms;
+    for (int i = 0; i < iters; ++i) {
+      auto start = std::chrono::steady_clock::now();
+      auto out = (*runner)->Run(inputs);
+      Synchronize(device);
+      auto end = std::chrono::steady_clock::now();
+      if (!out.ok()) {
+        std::fprintf(stderr, "%s\n", out.status().ToString().c_str());
+        return 1;
+      }
+      ms.push_back(std::chrono::duration<double, std::milli>(end - start).count());
+    }
+    const double median = MedianMs(ms);
+    std::printf("  %-5s channels_last=%d: median %.2f ms (min %.2f) over %d "
+                "runs, %.1f TFLOP/s\n",
+                m.c_str(), channels_last ? 1 : 0, median,
+                *std::min_element(ms.begin(), ms.end()), iters,
+                flops / (median / 1e3) / 1e12);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::vector<lpd::FlagSpec> specs = {
+      {"device", false, false, "cuda (default when available) or cpu"},
+      {"dtype", false, false, "bf16 (default), fp16 or fp32"},
+      {"case", false, false, "sd15, sdxl or all (default)"},
+      {"batch", false, false, "override the case's batch"},
+      {"size", false, false, "override the case's latent size"},
+      {"mode", false, false, "eager, graph or all (default)"},
+      {"channels-last", false, false, "1 (default) or 0"},
+      {"warmup", false, false, "warm-up runs (default 5)"},
+      {"iters", false, false, "timed runs (default 20)"},
+      {"threads", false, false, "CPU threads"},
+  };
+  auto flags = lpd::CliArgs::Parse(std::vector<std::string>(argv + 1, argv + argc), specs);
+  if (!flags.ok()) {
+    std::fprintf(stderr, "%s\n%s", flags.status().ToString().c_str(),
+                 lpd::CliArgs::Usage(specs).c_str());
+    return 2;
+  }
+  auto device = lpd::engine::ParseTorchDevice(
+      flags->Get("device", torch::cuda::is_available() ? "cuda" : "cpu"));
+  auto dtype = lpd::engine::ParseTorchDtype(flags->Get("dtype", "bf16"));
+  if (!device.ok() || !dtype.ok()) {
+    std::fprintf(stderr, "%s\n",
+                 (!device.ok() ? device.status() : dtype.status()).ToString().c_str());
+    return 2;
+  }
+  if (auto threads = flags->GetInt("threads", 0); threads.ok() && *threads > 0) {
+    torch::set_num_threads(static_cast<int>(*threads));
+  }
+  at::globalContext().setBenchmarkCuDNN(true);
+  const int warmup = static_cast<int>(flags->GetInt("warmup", 5).value_or(5));
+  const int iters = static_cast<int>(flags->GetInt("iters", 20).value_or(20));
+  const bool channels_last = flags->Get("channels-last", "1") != "0";
+  const std::string which = flags->Get("case", "all");
+  std::vector<Case> cases = {{"SD-v1.5", "sd15-unet.json", 8, 64},
+                             {"SDXL", "sdxl-base-unet.json", 4, 128}};
+  int rc = 0;
+  for (Case c : cases) {
+    if (which != "all" && !((which == "sd15" && c.name == "SD-v1.5") ||
+                            (which == "sdxl" && c.name == "SDXL"))) {
+      continue;
+    }
+    c.batch = flags->GetInt("batch", c.batch).value_or(c.batch);
+    c.size = flags->GetInt("size", c.size).value_or(c.size);
+    rc |= RunCase(c, *device, *dtype, flags->Get("mode", "all"), channels_last,
+                  warmup, iters);
+  }
+  return rc;
+}

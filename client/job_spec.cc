@@ -1,0 +1,1495 @@
+#include "client/job_spec.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <fstream>
+#include <initializer_list>
+#include <map>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include <yaml-cpp/yaml.h>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/numeric/int128.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/types/span.h"
+#include "common/status_macros.h"
+
+namespace lpd::client {
+namespace {
+
+using ::lpd::v1::CompressionJob;
+using ::lpd::v1::Criterion;
+using ::lpd::v1::DataSpec;
+using ::lpd::v1::Device;
+using ::lpd::v1::DistillLoss;
+using ::lpd::v1::DistillSpec;
+using ::lpd::v1::JobMetadata;
+using ::lpd::v1::JobSpec;
+using ::lpd::v1::ModelSpec;
+using ::lpd::v1::Precision;
+using ::lpd::v1::PredictionType;
+using ::lpd::v1::PruneSpec;
+using ::lpd::v1::PruneUnit;
+
+// ---------------------------------------------------------------------------
+// Enum spellings.
+
+template <typename E>
+struct EnumName {
+  absl::string_view name;
+  E value;
+};
+
+constexpr EnumName<PredictionType> kPredictionTypes[] = {
+    {"auto", lpd::v1::PREDICTION_TYPE_UNSPECIFIED},
+    {"epsilon", lpd::v1::PREDICTION_TYPE_EPSILON},
+    {"v_prediction", lpd::v1::PREDICTION_TYPE_V_PREDICTION},
+};
+constexpr EnumName<Criterion> kCriteria[] = {
+    {"output_loss", lpd::v1::CRITERION_OUTPUT_LOSS},
+    {"magnitude", lpd::v1::CRITERION_MAGNITUDE},
+    {"random", lpd::v1::CRITERION_RANDOM},
+    {"handcrafted", lpd::v1::CRITERION_HANDCRAFTED},
+};
+constexpr EnumName<PruneUnit> kPruneUnits[] = {
+    {"resnet", lpd::v1::PRUNE_UNIT_RESNET},
+    {"attention", lpd::v1::PRUNE_UNIT_ATTENTION},
+    {"transformer_block", lpd::v1::PRUNE_UNIT_TRANSFORMER_BLOCK},
+};
+constexpr EnumName<Precision> kPrecisions[] = {
+    {"auto", lpd::v1::PRECISION_UNSPECIFIED},
+    {"bf16", lpd::v1::PRECISION_BF16},
+    {"fp32", lpd::v1::PRECISION_FP32},
+};
+constexpr EnumName<Device> kDevices[] = {
+    {"auto", lpd::v1::DEVICE_UNSPECIFIED},
+    {"cpu", lpd::v1::DEVICE_CPU},
+    {"cuda", lpd::v1::DEVICE_CUDA},
+};
+
+template <typename E>
+absl::string_view NameIn(absl::Span<const EnumName<E>> table, E value) {
+  for (const auto& entry : table) {
+    if (entry.value == value) return entry.name;
+  }
+  return {};
+}
+
+template <typename E>
+std::vector<absl::string_view> NamesOf(absl::Span<const EnumName<E>> table) {
+  std::vector<absl::string_view> names;
+  for (const auto& entry : table) names.push_back(entry.name);
+  return names;
+}
+
+// ---------------------------------------------------------------------------
+// Text helpers.
+
+// A value for a message: double-quoted, escaped, shortened.
+std::string Quote(absl::string_view text) {
+  constexpr size_t kMax = 80;
+  bool cut = false;
+  if (text.size() > kMax) {
+    size_t end = kMax;
+    while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) {
+      --end;  // do not split a UTF-8 sequence
+    }
+    text = text.substr(0, end);
+    cut = true;
+  }
+  return absl::StrCat("\"", absl::Utf8SafeCHexEscape(text), cut ? "..." : "",
+                      "\"");
+}
+
+// Shortest text that reads back as the same double, in YAML 1.2 float
+// syntax with a '.' in the mantissa (so YAML 1.1 readers see a float too).
+std::string FormatDouble(double value) {
+  if (std::isnan(value)) return ".nan";
+  if (std::isinf(value)) return value > 0 ? ".inf" : "-.inf";
+  char buffer[64];
+  auto [end, ec] = std::to_chars(buffer, buffer + sizeof(buffer), value);
+  std::string text(buffer, ec == std::errc() ? end : buffer);
+  const size_t exponent = text.find('e');
+  std::string mantissa = text.substr(0, exponent);
+  if (mantissa.find('.') == std::string::npos) mantissa += ".0";
+  return exponent == std::string::npos
+             ? mantissa
+             : absl::StrCat(mantissa, text.substr(exponent));
+}
+
+// Optimal-string-alignment distance (Levenshtein plus adjacent swaps).
+int EditDistance(absl::string_view a, absl::string_view b) {
+  std::vector<std::vector<int>> d(a.size() + 1,
+                                  std::vector<int>(b.size() + 1, 0));
+  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = static_cast<int>(i);
+  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = static_cast<int>(j);
+  for (size_t i = 1; i <= a.size(); ++i) {
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const int cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1,
+                          d[i - 1][j - 1] + cost});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      }
+    }
+  }
+  return d[a.size()][b.size()];
+}
+
+// Lowercase, without '_' and '-': "apiVersion", "api_version" and
+// "api-version" all become "apiversion".
+std::string Folded(absl::string_view text) {
+  std::string folded;
+  for (char c : text) {
+    if (c != '_' && c != '-') folded.push_back(absl::ascii_tolower(c));
+  }
+  return folded;
+}
+
+// The candidate `text` was most likely meant as, if any is close enough.
+std::optional<absl::string_view> Suggest(
+    absl::string_view text, absl::Span<const absl::string_view> candidates) {
+  if (text.size() > 64) return std::nullopt;
+  const std::string folded = Folded(text);
+  std::optional<absl::string_view> best;
+  int best_distance = 1 << 30;
+  for (absl::string_view candidate : candidates) {
+    const std::string folded_candidate = Folded(candidate);
+    int distance = EditDistance(folded, folded_candidate);
+    // A clear abbreviation ("eps" for "epsilon") counts as close.
+    if (folded.size() >= 3 && absl::StartsWith(folded_candidate, folded)) {
+      distance = std::min(distance, 1);
+    }
+    const size_t length = candidate.size();
+    const int allowed = length <= 4 ? 1 : length <= 8 ? 2 : 3;
+    if (distance <= allowed && distance < best_distance) {
+      best = candidate;
+      best_distance = distance;
+    }
+  }
+  return best;
+}
+
+std::string DidYouMean(absl::string_view text,
+                       absl::Span<const absl::string_view> candidates) {
+  if (auto suggestion = Suggest(text, candidates)) {
+    return absl::StrCat(" (did you mean \"", *suggestion, "\"?)");
+  }
+  return "";
+}
+
+std::string ChildPath(absl::string_view parent, absl::string_view key) {
+  return parent.empty() ? std::string(key) : absl::StrCat(parent, ".", key);
+}
+
+// A key from the document as a path component: as is when it is a short
+// name, else quoted and shortened (`spec["a key"]`).
+std::string KeyPath(absl::string_view parent, absl::string_view key) {
+  const bool name = !key.empty() && key.size() <= 64 &&
+                    std::all_of(key.begin(), key.end(), [](char c) {
+                      return absl::ascii_isalnum(c) || c == '_' || c == '-';
+                    });
+  if (name) return ChildPath(parent, key);
+  return absl::StrCat(parent, "[", Quote(key), "]");
+}
+
+// ---------------------------------------------------------------------------
+// Plain scalars, resolved as the YAML 1.2 core schema does.
+
+bool IsNullText(absl::string_view s) {
+  return s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL";
+}
+
+std::optional<bool> BoolFromText(absl::string_view s) {
+  if (s == "true" || s == "True" || s == "TRUE") return true;
+  if (s == "false" || s == "False" || s == "FALSE") return false;
+  return std::nullopt;
+}
+
+bool AllDigits(absl::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), absl::ascii_isdigit);
+}
+
+absl::string_view WithoutSign(absl::string_view s) {
+  if (!s.empty() && (s[0] == '-' || s[0] == '+')) s.remove_prefix(1);
+  return s;
+}
+
+// [-+]?[0-9]+
+bool IsIntText(absl::string_view s) { return AllDigits(WithoutSign(s)); }
+
+bool IsInfOrNanText(absl::string_view s) {
+  const absl::string_view unsigned_part = WithoutSign(s);
+  return unsigned_part == ".inf" || unsigned_part == ".Inf" ||
+         unsigned_part == ".INF" || s == ".nan" || s == ".NaN" || s == ".NAN";
+}
+
+// [-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)? or .inf/.nan forms.
+bool IsFloatText(absl::string_view s) {
+  if (IsInfOrNanText(s)) return true;
+  s = WithoutSign(s);
+  const size_t e = s.find_first_of("eE");
+  absl::string_view mantissa = s.substr(0, e);
+  if (e != absl::string_view::npos) {
+    if (!IsIntText(s.substr(e + 1))) return false;
+  }
+  const size_t dot = mantissa.find('.');
+  if (dot == absl::string_view::npos) return AllDigits(mantissa);
+  const absl::string_view whole = mantissa.substr(0, dot);
+  const absl::string_view fraction = mantissa.substr(dot + 1);
+  if (whole.empty()) return AllDigits(fraction);
+  return AllDigits(whole) && (fraction.empty() || AllDigits(fraction));
+}
+
+bool IsNumberText(absl::string_view s) {
+  return IsIntText(s) || IsFloatText(s);
+}
+
+// Parses text that IsNumberText accepts. False when out of double range.
+bool ParseDouble(absl::string_view s, double* value) {
+  if (IsInfOrNanText(s)) {
+    if (absl::EndsWithIgnoreCase(s, "nan")) {
+      *value = std::nan("");
+    } else {
+      *value = s[0] == '-' ? -HUGE_VAL : HUGE_VAL;
+    }
+    return true;
+  }
+  const bool negative = !s.empty() && s[0] == '-';
+  s = WithoutSign(s);
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), *value);
+  if (ec != std::errc() || end != s.data() + s.size()) return false;
+  if (negative) *value = -*value;
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Problems.
+
+struct Problem {
+  std::string path;
+  std::string message;
+  int line = -1;  // 0-based, as YAML::Mark; -1: no position
+  int column = -1;
+};
+
+void SetPosition(const YAML::Mark& mark, Problem* problem) {
+  if (mark.is_null()) return;
+  problem->line = mark.line;
+  problem->column = mark.column;
+}
+
+std::string FormatProblem(absl::string_view source, const Problem& problem) {
+  std::vector<std::string> where;
+  if (!source.empty()) where.emplace_back(source);
+  if (problem.line >= 0) {
+    where.push_back(absl::StrCat(problem.line + 1, ":", problem.column + 1));
+  }
+  std::string text = absl::StrJoin(where, ":");
+  if (!text.empty()) text += ": ";
+  if (!problem.path.empty()) absl::StrAppend(&text, problem.path, ": ");
+  absl::StrAppend(&text, problem.message);
+  return text;
+}
+
+absl::Status ProblemsToStatus(absl::string_view source,
+                              const std::vector<Problem>& problems) {
+  if (problems.empty()) return absl::OkStatus();
+  std::vector<std::string> lines;
+  for (const Problem& problem : problems) {
+    if (static_cast<int>(lines.size()) == kMaxReportedErrors) {
+      lines.push_back(absl::StrCat("... and ", problems.size() - lines.size(),
+                                   " more"));
+      break;
+    }
+    lines.push_back(FormatProblem(source, problem));
+  }
+  return absl::InvalidArgumentError(absl::StrJoin(lines, "\n"));
+}
+
+// ---------------------------------------------------------------------------
+// Validation of a message (with defaults applied).
+
+constexpr absl::string_view kUriShapes =
+    "a file:///absolute/path or s3://bucket/prefix URI";
+
+bool IsLowerAlnum(char c) {
+  return absl::ascii_isdigit(c) || (c >= 'a' && c <= 'z');
+}
+
+// RFC 1123 label: [a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 63.
+bool IsDnsLabel(absl::string_view s) {
+  if (s.empty() || s.size() > 63) return false;
+  if (!IsLowerAlnum(s.front()) || !IsLowerAlnum(s.back())) return false;
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return IsLowerAlnum(c) || c == '-'; });
+}
+
+// Kubernetes label name: ([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9], <= 63.
+bool IsLabelName(absl::string_view s) {
+  if (s.empty() || s.size() > 63) return false;
+  if (!absl::ascii_isalnum(s.front()) || !absl::ascii_isalnum(s.back())) {
+    return false;
+  }
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.';
+  });
+}
+
+// Kubernetes label key: [DNS subdomain '/'] name.
+bool IsLabelKey(absl::string_view s) {
+  const size_t slash = s.find('/');
+  if (slash == absl::string_view::npos) return IsLabelName(s);
+  const absl::string_view prefix = s.substr(0, slash);
+  if (prefix.empty() || prefix.size() > 253) return false;
+  for (absl::string_view label : absl::StrSplit(prefix, '.')) {
+    if (!IsDnsLabel(label)) return false;
+  }
+  return IsLabelName(s.substr(slash + 1));
+}
+
+// S3 bucket: 3-63 of [a-z0-9.-], starting and ending with a letter or digit.
+bool IsS3Bucket(absl::string_view s) {
+  if (s.size() < 3 || s.size() > 63) return false;
+  if (!IsLowerAlnum(s.front()) || !IsLowerAlnum(s.back())) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return IsLowerAlnum(c) || c == '-' || c == '.';
+  });
+}
+
+class Checker {
+ public:
+  explicit Checker(std::vector<Problem>* problems) : problems_(problems) {}
+
+  void Add(std::string path, std::string message) {
+    problems_->push_back({std::move(path), std::move(message)});
+  }
+
+  void AtLeast(const std::string& path, int64_t value, int64_t minimum) {
+    if (value < minimum) {
+      Add(path, absl::StrCat("must be >= ", minimum, ", got ", value));
+    }
+  }
+
+  // Finite and >= 0 (or > 0 when `strict`).
+  void NonNegative(const std::string& path, double value, bool strict) {
+    if (!std::isfinite(value)) {
+      Add(path, absl::StrCat("must be a finite number, got ",
+                             FormatDouble(value)));
+    } else if (strict ? !(value > 0) : !(value >= 0)) {
+      Add(path, absl::StrCat("must be ", strict ? ">" : ">=", " 0, got ",
+                             FormatDouble(value)));
+    }
+  }
+
+  // A URI of one of the supported shapes; true when it is one.
+  bool Uri(const std::string& path, const std::string& uri) {
+    if (uri.empty()) {
+      Add(path, absl::StrCat("required (", kUriShapes, ")"));
+      return false;
+    }
+    if (std::any_of(uri.begin(), uri.end(), [](char c) {
+          return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+        })) {
+      Add(path, absl::StrCat("must not contain control characters, got ",
+                             Quote(uri)));
+      return false;
+    }
+    const size_t separator = uri.find("://");
+    if (separator == std::string::npos) {
+      std::string message =
+          absl::StrCat("must be ", kUriShapes, ", got ", Quote(uri));
+      if (uri[0] == '/') {
+        absl::StrAppend(&message, " (did you mean \"file://", uri, "\"?)");
+      }
+      Add(path, std::move(message));
+      return false;
+    }
+    const absl::string_view scheme = absl::string_view(uri).substr(0, separator);
+    const absl::string_view rest =
+        absl::string_view(uri).substr(separator + 3);
+    if (scheme == "file") {
+      if (rest.empty() || rest[0] != '/') {
+        Add(path, absl::StrCat("must be file:///absolute/path (three slashes: "
+                               "an empty host, then an absolute path), got ",
+                               Quote(uri)));
+        return false;
+      }
+      if (rest == "/") {
+        Add(path, absl::StrCat("must name a folder, not the root, got ",
+                               Quote(uri)));
+        return false;
+      }
+      return Segments(path, uri, rest.substr(1));
+    }
+    if (scheme == "s3") {
+      const size_t slash = rest.find('/');
+      const absl::string_view bucket = rest.substr(0, slash);
+      if (bucket.empty()) {
+        Add(path, absl::StrCat("must name a bucket (s3://bucket/prefix), got ",
+                               Quote(uri)));
+        return false;
+      }
+      if (!IsS3Bucket(bucket)) {
+        Add(path, absl::StrCat("bucket ", Quote(bucket),
+                               " is not a valid S3 bucket name (3-63 "
+                               "lowercase letters, digits, '.' and '-', "
+                               "starting and ending with a letter or digit)"));
+        return false;
+      }
+      if (slash == absl::string_view::npos) return true;
+      return Segments(path, uri, rest.substr(slash + 1));
+    }
+    Add(path, absl::StrCat("unsupported scheme ", Quote(scheme), "; must be ",
+                           kUriShapes, ", got ", Quote(uri)));
+    return false;
+  }
+
+ private:
+  // The part after the root or bucket: no "//", "." or ".." segments; one
+  // trailing '/' is fine.
+  bool Segments(const std::string& path, const std::string& uri,
+                absl::string_view tail) {
+    if (absl::EndsWith(tail, "/")) tail.remove_suffix(1);
+    if (tail.empty()) return true;
+    for (absl::string_view segment : absl::StrSplit(tail, '/')) {
+      if (segment.empty()) {
+        Add(path, absl::StrCat("must not contain empty path segments (\"//\"), "
+                               "got ",
+                               Quote(uri)));
+        return false;
+      }
+      if (segment == "." || segment == "..") {
+        Add(path, absl::StrCat("must not contain \".\" or \"..\" segments, "
+                               "got ",
+                               Quote(uri)));
+        return false;
+      }
+    }
+    return true;
+  }
+
+  std::vector<Problem>* problems_;
+};
+
+std::string AsFolder(const std::string& uri) {
+  return absl::EndsWith(uri, "/") ? uri : uri + "/";
+}
+
+// `job` has its defaults applied.
+void CheckJob(const CompressionJob& job, std::vector<Problem>* problems) {
+  Checker check(problems);
+
+  if (job.api_version().empty()) {
+    check.Add("apiVersion", absl::StrCat("required (\"", kApiVersion, "\")"));
+  } else if (job.api_version() != kApiVersion) {
+    check.Add("apiVersion", absl::StrCat("must be \"", kApiVersion, "\", got ",
+                                         Quote(job.api_version())));
+  }
+  if (job.kind().empty()) {
+    check.Add("kind", absl::StrCat("required (\"", kJobKind, "\")"));
+  } else if (job.kind() != kJobKind) {
+    check.Add("kind", absl::StrCat("must be \"", kJobKind, "\", got ",
+                                   Quote(job.kind())));
+  }
+
+  const JobMetadata& metadata = job.metadata();
+  if (metadata.name().empty()) {
+    check.Add("metadata.name", "required");
+  } else if (!IsDnsLabel(metadata.name())) {
+    check.Add("metadata.name",
+              absl::StrCat("must be a DNS label (at most 63 lowercase "
+                           "letters, digits and '-', starting and ending "
+                           "with a letter or digit), got ",
+                           Quote(metadata.name())));
+  }
+  if (metadata.labels_size() > kMaxLabels) {
+    check.Add("metadata.labels", absl::StrCat("at most ", kMaxLabels,
+                                              " labels, got ",
+                                              metadata.labels_size()));
+  }
+  const std::map<std::string, std::string> labels(metadata.labels().begin(),
+                                                  metadata.labels().end());
+  for (const auto& [key, value] : labels) {
+    const std::string path = absl::StrCat("metadata.labels[", Quote(key), "]");
+    if (!IsLabelKey(key)) {
+      check.Add(path, absl::StrCat("invalid label key ", Quote(key),
+                                   ": at most 63 letters, digits, '.', '_' "
+                                   "and '-', starting and ending with a "
+                                   "letter or digit, optionally after a "
+                                   "DNS prefix and '/'"));
+    }
+    if (!value.empty() && !IsLabelName(value)) {
+      check.Add(path, absl::StrCat("invalid label value ", Quote(value),
+                                   ": empty, or at most 63 letters, digits, "
+                                   "'.', '_' and '-', starting and ending "
+                                   "with a letter or digit"));
+    }
+  }
+
+  const JobSpec& spec = job.spec();
+  const bool model_ok = check.Uri("spec.model.uri", spec.model().uri());
+  if (!lpd::v1::PredictionType_IsValid(spec.model().prediction_type())) {
+    check.Add("spec.model.prediction_type",
+              absl::StrCat("unknown value ", spec.model().prediction_type()));
+  }
+
+  const DataSpec& data = spec.data();
+  const bool train_ok = check.Uri("spec.data.train.uri", data.train().uri());
+  check.AtLeast("spec.data.calibration_samples", data.calibration_samples(),
+                1);
+  check.AtLeast("spec.data.eval_samples", data.eval_samples(), 0);
+
+  const PruneSpec& prune = spec.prune();
+  if (!(prune.target_ratio() > 0 && prune.target_ratio() < 1)) {
+    check.Add("spec.prune.target_ratio",
+              absl::StrCat("must be in (0, 1), got ",
+                           FormatDouble(prune.target_ratio())));
+  }
+  if (!lpd::v1::Criterion_IsValid(prune.criterion()) ||
+      prune.criterion() == lpd::v1::CRITERION_UNSPECIFIED) {
+    check.Add("spec.prune.criterion",
+              absl::StrCat("unknown value ", prune.criterion()));
+  }
+  bool has[4] = {false, false, false, false};
+  bool units_ok = true;
+  for (int i = 0; i < prune.units_size(); ++i) {
+    const int unit = prune.units(i);
+    const std::string path = absl::StrCat("spec.prune.units[", i, "]");
+    if (!lpd::v1::PruneUnit_IsValid(unit) ||
+        unit == lpd::v1::PRUNE_UNIT_UNSPECIFIED) {
+      check.Add(path, absl::StrCat("unknown value ", unit));
+      units_ok = false;
+    } else if (has[unit]) {
+      check.Add(path, absl::StrCat("duplicate ",
+                                   Quote(YamlName(prune.units(i)))));
+      units_ok = false;
+    } else {
+      has[unit] = true;
+    }
+  }
+  if (units_ok) {
+    const bool attention = has[lpd::v1::PRUNE_UNIT_ATTENTION];
+    const bool block = has[lpd::v1::PRUNE_UNIT_TRANSFORMER_BLOCK];
+    if (!has[lpd::v1::PRUNE_UNIT_RESNET]) {
+      check.Add("spec.prune.units", "must include resnet");
+    }
+    if (attention && block) {
+      check.Add("spec.prune.units",
+                "attention and transformer_block exclude each other (whole "
+                "transformers or single blocks): list one of them");
+    } else if (!attention && !block) {
+      check.Add("spec.prune.units",
+                "must include attention or transformer_block");
+    }
+  }
+
+  const DistillSpec& distill = spec.distill();
+  check.AtLeast("spec.distill.steps", distill.steps(), 0);
+  check.AtLeast("spec.distill.batch_size", distill.batch_size(), 1);
+  check.NonNegative("spec.distill.learning_rate", distill.learning_rate(),
+                    /*strict=*/true);
+  check.NonNegative("spec.distill.weight_decay", distill.weight_decay(),
+                    /*strict=*/false);
+  check.NonNegative("spec.distill.grad_clip_norm", distill.grad_clip_norm(),
+                    /*strict=*/false);
+  if (distill.warmup_steps() < 0) {
+    check.AtLeast("spec.distill.warmup_steps", distill.warmup_steps(), 0);
+  } else if (distill.steps() >= 0 && distill.warmup_steps() > distill.steps()) {
+    check.Add("spec.distill.warmup_steps",
+              absl::StrCat("must be <= spec.distill.steps (", distill.steps(),
+                           "), got ", distill.warmup_steps()));
+  }
+  const DistillLoss& loss = distill.loss();
+  const size_t before_loss = problems->size();
+  check.NonNegative("spec.distill.loss.task", loss.task(), false);
+  check.NonNegative("spec.distill.loss.output_kd", loss.output_kd(), false);
+  check.NonNegative("spec.distill.loss.feature_kd", loss.feature_kd(), false);
+  if (problems->size() == before_loss && loss.task() == 0 &&
+      loss.output_kd() == 0 && loss.feature_kd() == 0) {
+    check.Add("spec.distill.loss",
+              "task, output_kd and feature_kd are all 0: at least one must "
+              "be > 0");
+  }
+  if (!lpd::v1::Precision_IsValid(distill.precision())) {
+    check.Add("spec.distill.precision",
+              absl::StrCat("unknown value ", distill.precision()));
+  } else if (distill.master_weights_fp32() &&
+             distill.precision() == lpd::v1::PRECISION_FP32) {
+    check.Add("spec.distill.master_weights_fp32",
+              "applies only to precision bf16 (or auto); with fp32 the "
+              "weights are fp32 already");
+  }
+  check.AtLeast("spec.distill.checkpoint_every", distill.checkpoint_every(),
+                1);
+
+  const bool output_ok = check.Uri("spec.output.uri", spec.output().uri());
+  if (output_ok) {
+    const std::string output = AsFolder(spec.output().uri());
+    if (model_ok && absl::StartsWith(output, AsFolder(spec.model().uri()))) {
+      check.Add("spec.output.uri",
+                absl::StrCat("must not be spec.model.uri or lie inside it, "
+                             "got ",
+                             Quote(spec.output().uri())));
+    }
+    if (train_ok &&
+        absl::StartsWith(output, AsFolder(spec.data().train().uri()))) {
+      check.Add("spec.output.uri",
+                absl::StrCat("must not be spec.data.train.uri or lie inside "
+                             "it, got ",
+                             Quote(spec.output().uri())));
+    }
+  }
+  if (!lpd::v1::Device_IsValid(spec.device())) {
+    check.Add("spec.device", absl::StrCat("unknown value ", spec.device()));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Reading YAML into the message.
+
+// One entry of a YAML mapping.
+struct Entry {
+  YAML::Node key;
+  YAML::Node value;
+};
+
+using Entries = std::map<std::string, Entry, std::less<>>;
+
+std::string Describe(const YAML::Node& node) {
+  if (node.IsNull()) return "null";
+  if (node.IsMap()) return "a mapping";
+  if (node.IsSequence()) return "a sequence";
+  const std::string& text = node.Scalar();
+  if (node.Tag() == "?" && (IsNumberText(text) || BoolFromText(text))) {
+    return text;
+  }
+  return Quote(text);
+}
+
+bool IsPlain(const YAML::Node& node) {
+  return node.IsScalar() && node.Tag() == "?";
+}
+
+bool IsQuoted(const YAML::Node& node) {
+  return node.IsScalar() && node.Tag() == "!";
+}
+
+class SpecReader {
+ public:
+  std::vector<Problem> problems;
+
+  // Reads the document's root into `job`; false if it is not a mapping.
+  bool ReadJob(const YAML::Node& root, CompressionJob* job) {
+    marks_[""] = root.Mark();
+    Entries entries;
+    if (!Mapping({root, root}, "",
+                 {"apiVersion", "kind", "metadata", "spec"}, &entries)) {
+      return false;
+    }
+    if (const Entry* e = Find(entries, "apiVersion")) {
+      String(*e, "apiVersion", job->mutable_api_version());
+    }
+    if (const Entry* e = Find(entries, "kind")) {
+      String(*e, "kind", job->mutable_kind());
+    }
+    if (const Entry* e = Find(entries, "metadata")) {
+      ReadMetadata(*e, job->mutable_metadata());
+    }
+    if (const Entry* e = Find(entries, "spec")) {
+      ReadSpec(*e, job->mutable_spec());
+    }
+    return true;
+  }
+
+  // Adds a problem from CheckJob, placed at its field (or the nearest
+  // ancestor the document has); drops it if it concerns a value already
+  // reported as unreadable.
+  void AddCheckProblem(Problem problem) {
+    for (const std::string& failed : failed_) {
+      if (Related(problem.path, failed)) return;
+    }
+    std::string path = problem.path;
+    while (true) {
+      if (auto it = marks_.find(path); it != marks_.end()) {
+        SetPosition(it->second, &problem);
+        break;
+      }
+      if (path.empty()) break;
+      path = ParentPath(path);
+    }
+    problems.push_back(std::move(problem));
+  }
+
+ private:
+  static const Entry* Find(const Entries& entries, absl::string_view key) {
+    auto it = entries.find(key);
+    return it == entries.end() ? nullptr : &it->second;
+  }
+
+  // "a.b" and "a.b.c" or "a.b[1]" are related; "a.b" and "a.bc" are not.
+  static bool Related(absl::string_view a, absl::string_view b) {
+    if (a.size() > b.size()) std::swap(a, b);
+    if (!absl::StartsWith(b, a)) return false;
+    return b.size() == a.size() || b[a.size()] == '.' || b[a.size()] == '[';
+  }
+
+  static std::string ParentPath(absl::string_view path) {
+    if (absl::EndsWith(path, "\"]")) {
+      return std::string(path.substr(0, path.rfind("[\"")));
+    }
+    const size_t cut = path.find_last_of(".[");
+    return cut == absl::string_view::npos ? "" : std::string(path.substr(0, cut));
+  }
+
+  void Fail(const std::string& path, const YAML::Mark& mark,
+            std::string message) {
+    Problem problem{path, std::move(message)};
+    SetPosition(mark, &problem);
+    problems.push_back(std::move(problem));
+    failed_.push_back(path);
+  }
+
+  // Where a value's problems point: the value, or its key when it is null
+  // (yaml-cpp places a missing value at the next token).
+  static YAML::Mark ValueMark(const Entry& entry) {
+    return entry.value.IsNull() ? entry.key.Mark() : entry.value.Mark();
+  }
+
+  // Records `entry`'s position for `path`; false (and a problem) if the
+  // value carries an explicit tag.
+  bool Begin(const Entry& entry, const std::string& path) {
+    marks_[path] = ValueMark(entry);
+    const std::string& tag = entry.value.Tag();
+    if (!tag.empty() && tag != "?" && tag != "!") {
+      Fail(path, ValueMark(entry),
+           absl::StrCat("unsupported YAML tag ", Quote(tag),
+                        "; write the value without a tag"));
+      return false;
+    }
+    return true;
+  }
+
+  // Collects the keys of a mapping. Unknown, duplicate and non-scalar keys
+  // are reported; false if the value is not a mapping.
+  bool Mapping(const Entry& entry, const std::string& path,
+               std::initializer_list<absl::string_view> known,
+               Entries* entries) {
+    if (!Begin(entry, path)) return false;
+    marks_[path] = entry.key.Mark();  // a mapping's problems: at its key
+    if (!entry.value.IsMap()) {
+      Fail(path, ValueMark(entry),
+           absl::StrCat("expected a mapping with ", absl::StrJoin(known, ", "),
+                        "; got ", Describe(entry.value)));
+      return false;
+    }
+    std::map<std::string, YAML::Mark> seen;
+    for (auto it = entry.value.begin(); it != entry.value.end(); ++it) {
+      const YAML::Node key = it->first;
+      if (!key.IsScalar()) {
+        Fail(path, key.Mark(),
+             absl::StrCat("keys must be names, got ", Describe(key)));
+        continue;
+      }
+      const std::string& name = key.Scalar();
+      const std::string child = KeyPath(path, name);
+      if (auto [previous, inserted] = seen.emplace(name, key.Mark());
+          !inserted) {
+        Fail(child, key.Mark(),
+             absl::StrCat("duplicate key (first at line ",
+                          previous->second.line + 1, ", column ",
+                          previous->second.column + 1, ")"));
+        continue;
+      }
+      if (std::find(known.begin(), known.end(), name) == known.end()) {
+        const std::vector<absl::string_view> candidates(known);
+        std::string message = "unknown field";
+        if (auto suggestion = Suggest(name, candidates)) {
+          absl::StrAppend(&message, " (did you mean \"", *suggestion, "\"?)");
+        } else {
+          absl::StrAppend(&message, "; known fields: ",
+                          absl::StrJoin(known, ", "));
+        }
+        Problem problem{child, std::move(message)};
+        SetPosition(key.Mark(), &problem);
+        problems.push_back(std::move(problem));
+        continue;
+      }
+      entries->emplace(name, Entry{key, it->second});
+    }
+    return true;
+  }
+
+  bool String(const Entry& entry, const std::string& path, std::string* out) {
+    if (!Begin(entry, path)) return false;
+    if (!entry.value.IsScalar()) {
+      Fail(path, ValueMark(entry),
+           absl::StrCat("expected a string, got ", Describe(entry.value)));
+      return false;
+    }
+    *out = entry.value.Scalar();
+    return true;
+  }
+
+  // The hint for a quoted number or boolean where one is expected.
+  static std::string QuotedHint(const YAML::Node& node,
+                                absl::string_view what) {
+    if (!IsQuoted(node)) return "";
+    return absl::StrCat(" (a quoted string: write ", what,
+                        " without quotes)");
+  }
+
+  // An integer in [minimum, maximum]: digits, or float notation with an
+  // integral value ("2e4").
+  std::optional<absl::int128> Integer(const Entry& entry,
+                                      const std::string& path,
+                                      int64_t minimum, uint64_t maximum) {
+    if (!Begin(entry, path)) return std::nullopt;
+    const YAML::Node& node = entry.value;
+    const std::string text = node.IsScalar() ? node.Scalar() : "";
+    auto expected = [&] {
+      Fail(path, ValueMark(entry),
+           absl::StrCat("expected an integer, got ", Describe(node),
+                        IsNumberText(text) ? QuotedHint(node, "numbers") : ""));
+      return std::nullopt;
+    };
+    if (!IsPlain(node) || !IsNumberText(text)) return expected();
+    absl::int128 value;
+    bool in_range = true;
+    if (IsIntText(text)) {
+      // SimpleAtoi fails only on overflow here: the text is all digits.
+      in_range = absl::SimpleAtoi(text, &value);
+    } else {
+      double real = 0;
+      const bool finite = ParseDouble(text, &real) && std::isfinite(real);
+      if (finite && real != std::trunc(real)) return expected();
+      if (!finite && IsInfOrNanText(text)) return expected();
+      in_range = finite && std::fabs(real) < 1e38;
+      if (in_range) value = absl::int128(real);
+    }
+    if (!in_range || value > absl::int128(maximum)) {
+      const bool negative = text[0] == '-';
+      Fail(path, ValueMark(entry),
+           negative ? absl::StrCat("must be >= ", minimum, ", got ", text)
+                    : absl::StrCat("must be <= ", maximum, ", got ", text));
+      return std::nullopt;
+    }
+    if (value < absl::int128(minimum)) {
+      Fail(path, ValueMark(entry),
+           absl::StrCat("must be >= ", minimum, ", got ", text));
+      return std::nullopt;
+    }
+    return value;
+  }
+
+  std::optional<int32_t> Int32(const Entry& entry, const std::string& path) {
+    const auto value = Integer(entry, path, INT32_MIN, INT32_MAX);
+    if (!value) return std::nullopt;
+    return static_cast<int32_t>(*value);
+  }
+
+  std::optional<uint64_t> Uint64(const Entry& entry, const std::string& path) {
+    const auto value = Integer(entry, path, 0, UINT64_MAX);
+    if (!value) return std::nullopt;
+    return static_cast<uint64_t>(*value);
+  }
+
+  std::optional<double> Double(const Entry& entry, const std::string& path) {
+    if (!Begin(entry, path)) return std::nullopt;
+    const YAML::Node& node = entry.value;
+    const std::string text = node.IsScalar() ? node.Scalar() : "";
+    if (!IsPlain(node) || !IsNumberText(text)) {
+      Fail(path, ValueMark(entry),
+           absl::StrCat("expected a number, got ", Describe(node),
+                        IsNumberText(text) ? QuotedHint(node, "numbers") : ""));
+      return std::nullopt;
+    }
+    double value = 0;
+    if (!ParseDouble(text, &value)) {
+      Fail(path, ValueMark(entry),
+           absl::StrCat("out of range for a 64-bit float, got ", text));
+      return std::nullopt;
+    }
+    return value;
+  }
+
+  std::optional<bool> Bool(const Entry& entry, const std::string& path) {
+    if (!Begin(entry, path)) return std::nullopt;
+    const YAML::Node& node = entry.value;
+    const std::string text = node.IsScalar() ? node.Scalar() : "";
+    std::optional<bool> value = BoolFromText(text);
+    if (!IsPlain(node) || !value) {
+      Fail(path, ValueMark(entry),
+           absl::StrCat("expected true or false, got ", Describe(node),
+                        value ? QuotedHint(node, "true and false") : ""));
+      return std::nullopt;
+    }
+    return value;
+  }
+
+  template <typename E>
+  std::optional<E> Enum(const Entry& entry, const std::string& path,
+                        absl::Span<const EnumName<E>> table) {
+    if (!Begin(entry, path)) return std::nullopt;
+    const YAML::Node& node = entry.value;
+    if (node.IsScalar()) {
+      for (const auto& candidate : table) {
+        if (candidate.name == node.Scalar()) return candidate.value;
+      }
+    }
+    const std::vector<absl::string_view> names = NamesOf(table);
+    Fail(path, ValueMark(entry),
+         absl::StrCat("must be one of ", absl::StrJoin(names, ", "), "; got ",
+                      Describe(node),
+                      node.IsScalar() ? DidYouMean(node.Scalar(), names)
+                                      : ""));
+    return std::nullopt;
+  }
+
+  void ReadMetadata(const Entry& entry, JobMetadata* metadata) {
+    Entries entries;
+    if (!Mapping(entry, "metadata", {"name", "labels"}, &entries)) return;
+    if (const Entry* e = Find(entries, "name")) {
+      String(*e, "metadata.name", metadata->mutable_name());
+    }
+    const Entry* labels = Find(entries, "labels");
+    if (labels == nullptr) return;
+    const std::string path = "metadata.labels";
+    if (!Begin(*labels, path)) return;
+    marks_[path] = labels->key.Mark();
+    if (!labels->value.IsMap()) {
+      Fail(path, ValueMark(*labels),
+           absl::StrCat("expected a mapping of label names to values, got ",
+                        Describe(labels->value)));
+      return;
+    }
+    std::map<std::string, YAML::Mark> seen;
+    for (auto it = labels->value.begin(); it != labels->value.end(); ++it) {
+      const YAML::Node key = it->first;
+      if (!key.IsScalar()) {
+        Fail(path, key.Mark(),
+             absl::StrCat("label names must be strings, got ",
+                          Describe(key)));
+        continue;
+      }
+      const std::string child =
+          absl::StrCat(path, "[", Quote(key.Scalar()), "]");
+      if (auto [previous, inserted] = seen.emplace(key.Scalar(), key.Mark());
+          !inserted) {
+        Fail(child, key.Mark(),
+             absl::StrCat("duplicate key (first at line ",
+                          previous->second.line + 1, ", column ",
+                          previous->second.column + 1, ")"));
+        continue;
+      }
+      std::string value;
+      if (String({key, it->second}, child, &value)) {
+        marks_[child] = key.Mark();
+        (*metadata->mutable_labels())[key.Scalar()] = std::move(value);
+      }
+    }
+  }
+
+  void ReadSpec(const Entry& entry, JobSpec* spec) {
+    Entries entries;
+    if (!Mapping(entry, "spec",
+                 {"model", "data", "prune", "distill", "output", "seed",
+                  "device"},
+                 &entries)) {
+      return;
+    }
+    if (const Entry* e = Find(entries, "model")) {
+      ReadModel(*e, spec->mutable_model());
+    }
+    if (const Entry* e = Find(entries, "data")) {
+      ReadData(*e, spec->mutable_data());
+    }
+    if (const Entry* e = Find(entries, "prune")) {
+      ReadPrune(*e, spec->mutable_prune());
+    }
+    if (const Entry* e = Find(entries, "distill")) {
+      ReadDistill(*e, spec->mutable_distill());
+    }
+    if (const Entry* e = Find(entries, "output")) {
+      Entries output;
+      if (Mapping(*e, "spec.output", {"uri"}, &output)) {
+        if (const Entry* uri = Find(output, "uri")) {
+          String(*uri, "spec.output.uri", spec->mutable_output()->mutable_uri());
+        }
+      }
+    }
+    if (const Entry* e = Find(entries, "seed")) {
+      if (auto seed = Uint64(*e, "spec.seed")) spec->set_seed(*seed);
+    }
+    if (const Entry* e = Find(entries, "device")) {
+      if (auto device = Enum<Device>(*e, "spec.device", kDevices)) {
+        spec->set_device(*device);
+      }
+    }
+  }
+
+  void ReadModel(const Entry& entry, ModelSpec* model) {
+    Entries entries;
+    if (!Mapping(entry, "spec.model", {"uri", "prediction_type"}, &entries)) {
+      return;
+    }
+    if (const Entry* e = Find(entries, "uri")) {
+      String(*e, "spec.model.uri", model->mutable_uri());
+    }
+    if (const Entry* e = Find(entries, "prediction_type")) {
+      if (auto type = Enum<PredictionType>(*e, "spec.model.prediction_type",
+                                           kPredictionTypes)) {
+        model->set_prediction_type(*type);
+      }
+    }
+  }
+
+  void ReadData(const Entry& entry, DataSpec* data) {
+    Entries entries;
+    if (!Mapping(entry, "spec.data",
+                 {"train", "calibration_samples", "eval_samples"},
+                 &entries)) {
+      return;
+    }
+    if (const Entry* e = Find(entries, "train")) {
+      Entries train;
+      if (Mapping(*e, "spec.data.train", {"uri"}, &train)) {
+        if (const Entry* uri = Find(train, "uri")) {
+          String(*uri, "spec.data.train.uri",
+                 data->mutable_train()->mutable_uri());
+        }
+      }
+    }
+    if (const Entry* e = Find(entries, "calibration_samples")) {
+      if (auto n = Int32(*e, "spec.data.calibration_samples")) {
+        data->set_calibration_samples(*n);
+      }
+    }
+    if (const Entry* e = Find(entries, "eval_samples")) {
+      if (auto n = Int32(*e, "spec.data.eval_samples")) {
+        data->set_eval_samples(*n);
+      }
+    }
+  }
+
+  void ReadPrune(const Entry& entry, PruneSpec* prune) {
+    Entries entries;
+    if (!Mapping(entry, "spec.prune", {"target_ratio", "criterion", "units"},
+                 &entries)) {
+      return;
+    }
+    if (const Entry* e = Find(entries, "target_ratio")) {
+      if (auto ratio = Double(*e, "spec.prune.target_ratio")) {
+        prune->set_target_ratio(*ratio);
+      }
+    }
+    if (const Entry* e = Find(entries, "criterion")) {
+      if (auto criterion =
+              Enum<Criterion>(*e, "spec.prune.criterion", kCriteria)) {
+        prune->set_criterion(*criterion);
+      }
+    }
+    if (const Entry* e = Find(entries, "units")) {
+      const std::string path = "spec.prune.units";
+      if (!Begin(*e, path)) return;
+      if (!e->value.IsSequence()) {
+        Fail(path, ValueMark(*e),
+             absl::StrCat("expected a sequence such as [resnet, "
+                          "transformer_block], got ",
+                          Describe(e->value)));
+        return;
+      }
+      if (e->value.size() == 0) {
+        Fail(path, ValueMark(*e),
+             "must not be empty (leave it out for the default [resnet, "
+             "transformer_block])");
+        return;
+      }
+      int index = 0;
+      for (const YAML::Node& item : e->value) {
+        // A null item has no position of its own: use the sequence's.
+        const Entry element{item.IsNull() ? e->value : item, item};
+        if (auto unit = Enum<PruneUnit>(
+                element, absl::StrCat(path, "[", index, "]"), kPruneUnits)) {
+          prune->add_units(*unit);
+        }
+        ++index;
+      }
+    }
+  }
+
+  void ReadDistill(const Entry& entry, DistillSpec* distill) {
+    Entries entries;
+    if (!Mapping(entry, "spec.distill",
+                 {"steps", "batch_size", "learning_rate", "weight_decay",
+                  "grad_clip_norm", "warmup_steps", "loss", "precision",
+                  "master_weights_fp32", "checkpoint_every"},
+                 &entries)) {
+      return;
+    }
+    if (const Entry* e = Find(entries, "steps")) {
+      if (auto n = Int32(*e, "spec.distill.steps")) distill->set_steps(*n);
+    }
+    if (const Entry* e = Find(entries, "batch_size")) {
+      if (auto n = Int32(*e, "spec.distill.batch_size")) {
+        distill->set_batch_size(*n);
+      }
+    }
+    if (const Entry* e = Find(entries, "learning_rate")) {
+      if (auto x = Double(*e, "spec.distill.learning_rate")) {
+        distill->set_learning_rate(*x);
+      }
+    }
+    if (const Entry* e = Find(entries, "weight_decay")) {
+      if (auto x = Double(*e, "spec.distill.weight_decay")) {
+        distill->set_weight_decay(*x);
+      }
+    }
+    if (const Entry* e = Find(entries, "grad_clip_norm")) {
+      if (auto x = Double(*e, "spec.distill.grad_clip_norm")) {
+        distill->set_grad_clip_norm(*x);
+      }
+    }
+    if (const Entry* e = Find(entries, "warmup_steps")) {
+      if (auto n = Int32(*e, "spec.distill.warmup_steps")) {
+        distill->set_warmup_steps(*n);
+      }
+    }
+    if (const Entry* e = Find(entries, "loss")) {
+      ReadLoss(*e, distill->mutable_loss());
+    }
+    if (const Entry* e = Find(entries, "precision")) {
+      if (auto precision =
+              Enum<Precision>(*e, "spec.distill.precision", kPrecisions)) {
+        distill->set_precision(*precision);
+      }
+    }
+    if (const Entry* e = Find(entries, "master_weights_fp32")) {
+      if (auto b = Bool(*e, "spec.distill.master_weights_fp32")) {
+        distill->set_master_weights_fp32(*b);
+      }
+    }
+    if (const Entry* e = Find(entries, "checkpoint_every")) {
+      if (auto n = Int32(*e, "spec.distill.checkpoint_every")) {
+        distill->set_checkpoint_every(*n);
+      }
+    }
+  }
+
+  void ReadLoss(const Entry& entry, DistillLoss* loss) {
+    Entries entries;
+    if (!Mapping(entry, "spec.distill.loss",
+                 {"task", "output_kd", "feature_kd", "normalize_features"},
+                 &entries)) {
+      return;
+    }
+    if (const Entry* e = Find(entries, "task")) {
+      if (auto x = Double(*e, "spec.distill.loss.task")) loss->set_task(*x);
+    }
+    if (const Entry* e = Find(entries, "output_kd")) {
+      if (auto x = Double(*e, "spec.distill.loss.output_kd")) {
+        loss->set_output_kd(*x);
+      }
+    }
+    if (const Entry* e = Find(entries, "feature_kd")) {
+      if (auto x = Double(*e, "spec.distill.loss.feature_kd")) {
+        loss->set_feature_kd(*x);
+      }
+    }
+    if (const Entry* e = Find(entries, "normalize_features")) {
+      if (auto b = Bool(*e, "spec.distill.loss.normalize_features")) {
+        loss->set_normalize_features(*b);
+      }
+    }
+  }
+
+  absl::flat_hash_map<std::string, YAML::Mark> marks_;
+  std::vector<std::string> failed_;
+};
+
+// ---------------------------------------------------------------------------
+// Writing YAML.
+
+// A string as a YAML scalar: plain when that reads back as the same string,
+// double-quoted otherwise.
+std::string YamlString(absl::string_view text) {
+  const bool plain =
+      !text.empty() && !IsNullText(text) && !BoolFromText(text) &&
+      !IsNumberText(text) && !absl::EndsWith(text, ":") &&
+      (absl::ascii_isalnum(text[0]) || text[0] == '/' || text[0] == '_' ||
+       text[0] == '.') &&
+      std::all_of(text.begin(), text.end(), [](char c) {
+        return absl::ascii_isalnum(c) || absl::string_view("_./:+=-").find(c) !=
+                                             absl::string_view::npos;
+      });
+  if (plain) return std::string(text);
+  std::string quoted = "\"";
+  for (char c : text) {
+    const unsigned char byte = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      quoted.push_back('\\');
+      quoted.push_back(c);
+    } else if (byte < 0x20 || byte == 0x7f) {
+      constexpr char kHex[] = "0123456789abcdef";
+      quoted += "\\x";
+      quoted.push_back(kHex[byte >> 4]);
+      quoted.push_back(kHex[byte & 0xf]);
+    } else {
+      quoted.push_back(c);  // UTF-8 passes through
+    }
+  }
+  quoted += "\"";
+  return quoted;
+}
+
+// An enum value by its YAML name, or its number for a value outside the
+// enum (which ValidateJobSpec rejects).
+template <typename E>
+std::string YamlEnum(E value) {
+  const absl::string_view name = YamlName(value);
+  return name.empty() ? absl::StrCat(static_cast<int>(value))
+                      : std::string(name);
+}
+
+class YamlWriter {
+ public:
+  void Open(int depth, absl::string_view key) {
+    absl::StrAppend(&out_, std::string(2 * depth, ' '), key, ":\n");
+  }
+  void Field(int depth, absl::string_view key, absl::string_view value) {
+    absl::StrAppend(&out_, std::string(2 * depth, ' '), key, ": ", value,
+                    "\n");
+  }
+  void Field(int depth, absl::string_view key, int64_t value) {
+    Field(depth, key, absl::StrCat(value));
+  }
+  void Field(int depth, absl::string_view key, uint64_t value) {
+    Field(depth, key, absl::StrCat(value));
+  }
+  void Field(int depth, absl::string_view key, double value) {
+    Field(depth, key, absl::string_view(FormatDouble(value)));
+  }
+  void Field(int depth, absl::string_view key, bool value) {
+    Field(depth, key, absl::string_view(value ? "true" : "false"));
+  }
+  std::string Take() { return std::move(out_); }
+
+ private:
+  std::string out_;
+};
+
+}  // namespace
+
+absl::string_view YamlName(PredictionType value) {
+  return NameIn<PredictionType>(kPredictionTypes, value);
+}
+absl::string_view YamlName(Criterion value) {
+  return NameIn<Criterion>(kCriteria, value);
+}
+absl::string_view YamlName(PruneUnit value) {
+  return NameIn<PruneUnit>(kPruneUnits, value);
+}
+absl::string_view YamlName(Precision value) {
+  return NameIn<Precision>(kPrecisions, value);
+}
+absl::string_view YamlName(Device value) {
+  return NameIn<Device>(kDevices, value);
+}
+
+void ApplyDefaults(CompressionJob* job) {
+  const JobSpecDefaults& d = kJobSpecDefaults;
+  JobSpec* spec = job->mutable_spec();
+  job->mutable_metadata();
+  spec->mutable_model();
+  spec->mutable_output();
+
+  DataSpec* data = spec->mutable_data();
+  data->mutable_train();
+  if (!data->has_calibration_samples()) {
+    data->set_calibration_samples(d.calibration_samples);
+  }
+  if (!data->has_eval_samples()) data->set_eval_samples(d.eval_samples);
+
+  PruneSpec* prune = spec->mutable_prune();
+  if (!prune->has_target_ratio()) prune->set_target_ratio(d.target_ratio);
+  if (prune->criterion() == lpd::v1::CRITERION_UNSPECIFIED) {
+    prune->set_criterion(d.criterion);
+  }
+  if (prune->units_size() == 0) {
+    for (PruneUnit unit : d.units) prune->add_units(unit);
+  }
+
+  DistillSpec* distill = spec->mutable_distill();
+  if (!distill->has_steps()) distill->set_steps(d.steps);
+  if (!distill->has_batch_size()) distill->set_batch_size(d.batch_size);
+  if (!distill->has_learning_rate()) {
+    distill->set_learning_rate(d.learning_rate);
+  }
+  if (!distill->has_weight_decay()) distill->set_weight_decay(d.weight_decay);
+  if (!distill->has_grad_clip_norm()) {
+    distill->set_grad_clip_norm(d.grad_clip_norm);
+  }
+  if (!distill->has_warmup_steps()) distill->set_warmup_steps(d.warmup_steps);
+  if (!distill->has_checkpoint_every()) {
+    distill->set_checkpoint_every(d.checkpoint_every);
+  }
+  DistillLoss* loss = distill->mutable_loss();
+  if (!loss->has_task()) loss->set_task(d.loss_task);
+  if (!loss->has_output_kd()) loss->set_output_kd(d.loss_output_kd);
+  if (!loss->has_feature_kd()) loss->set_feature_kd(d.loss_feature_kd);
+  if (!loss->has_normalize_features()) {
+    loss->set_normalize_features(d.normalize_features);
+  }
+}
+
+absl::Status ValidateJobSpec(const CompressionJob& job) {
+  CompressionJob filled = job;
+  ApplyDefaults(&filled);
+  std::vector<Problem> problems;
+  CheckJob(filled, &problems);
+  return ProblemsToStatus("", problems);
+}
+
+absl::StatusOr<CompressionJob> ParseJobSpecYaml(absl::string_view yaml_text,
+                                                absl::string_view source) {
+  auto error = [&](const YAML::Mark& mark, std::string message) {
+    Problem problem{"", std::move(message)};
+    SetPosition(mark, &problem);
+    return ProblemsToStatus(source, {problem});
+  };
+  if (yaml_text.size() > kMaxJobSpecBytes) {
+    return error(YAML::Mark::null_mark(),
+                 absl::StrCat("job spec is ", yaml_text.size(),
+                              " bytes; the limit is ", kMaxJobSpecBytes));
+  }
+  std::vector<YAML::Node> documents;
+  try {
+    documents = YAML::LoadAll(std::string(yaml_text));
+  } catch (const YAML::Exception& e) {
+    return error(e.mark, absl::StrCat("invalid YAML: ", e.msg));
+  }
+  if (documents.empty()) {
+    return error(YAML::Mark::null_mark(),
+                 "empty document: expected a CompressionJob (apiVersion, "
+                 "kind, metadata, spec)");
+  }
+  if (documents.size() > 1) {
+    return error(documents[1].Mark(),
+                 "expected one YAML document, found a second");
+  }
+
+  CompressionJob job;
+  SpecReader reader;
+  if (reader.ReadJob(documents[0], &job)) {
+    ApplyDefaults(&job);
+    std::vector<Problem> checks;
+    CheckJob(job, &checks);
+    for (Problem& problem : checks) reader.AddCheckProblem(std::move(problem));
+  }
+  std::vector<Problem>& problems = reader.problems;
+  std::stable_sort(problems.begin(), problems.end(),
+                   [](const Problem& a, const Problem& b) {
+                     return std::pair(a.line, a.column) <
+                            std::pair(b.line, b.column);
+                   });
+  RETURN_IF_ERROR(ProblemsToStatus(source, problems));
+  return job;
+}
+
+absl::StatusOr<CompressionJob> LoadJobSpecFile(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) {
+    return absl::ErrnoToStatus(
+        errno, absl::StrCat("cannot open job spec ", Quote(path)));
+  }
+  std::string text;
+  text.resize(kMaxJobSpecBytes + 1);
+  file.read(text.data(), static_cast<std::streamsize>(text.size()));
+  if (file.bad()) {
+    return absl::ErrnoToStatus(
+        errno, absl::StrCat("cannot read job spec ", Quote(path)));
+  }
+  text.resize(static_cast<size_t>(file.gcount()));
+  if (text.size() > kMaxJobSpecBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": job spec is larger than the limit of ", kMaxJobSpecBytes,
+        " bytes"));
+  }
+  return ParseJobSpecYaml(text, path);
+}
+
+std::string JobSpecToYaml(const CompressionJob& input) {
+  CompressionJob job = input;
+  ApplyDefaults(&job);
+  const JobSpec& spec = job.spec();
+  YamlWriter w;
+  w.Field(0, "apiVersion", YamlString(job.api_version()));
+  w.Field(0, "kind", YamlString(job.kind()));
+  w.Open(0, "metadata");
+  w.Field(1, "name", YamlString(job.metadata().name()));
+  if (job.metadata().labels().empty()) {
+    w.Field(1, "labels", absl::string_view("{}"));
+  } else {
+    w.Open(1, "labels");
+    const std::map<std::string, std::string> labels(
+        job.metadata().labels().begin(), job.metadata().labels().end());
+    for (const auto& [key, value] : labels) {
+      w.Field(2, YamlString(key), YamlString(value));
+    }
+  }
+  w.Open(0, "spec");
+  w.Open(1, "model");
+  w.Field(2, "uri", YamlString(spec.model().uri()));
+  w.Field(2, "prediction_type", YamlEnum(spec.model().prediction_type()));
+  w.Open(1, "data");
+  w.Open(2, "train");
+  w.Field(3, "uri", YamlString(spec.data().train().uri()));
+  w.Field(2, "calibration_samples",
+          int64_t{spec.data().calibration_samples()});
+  w.Field(2, "eval_samples", int64_t{spec.data().eval_samples()});
+  const PruneSpec& prune = spec.prune();
+  w.Open(1, "prune");
+  w.Field(2, "target_ratio", prune.target_ratio());
+  w.Field(2, "criterion", YamlEnum(prune.criterion()));
+  std::vector<std::string> units;
+  for (int unit : prune.units()) {
+    units.push_back(YamlEnum(static_cast<PruneUnit>(unit)));
+  }
+  w.Field(2, "units", absl::StrCat("[", absl::StrJoin(units, ", "), "]"));
+  const DistillSpec& distill = spec.distill();
+  w.Open(1, "distill");
+  w.Field(2, "steps", int64_t{distill.steps()});
+  w.Field(2, "batch_size", int64_t{distill.batch_size()});
+  w.Field(2, "learning_rate", distill.learning_rate());
+  w.Field(2, "weight_decay", distill.weight_decay());
+  w.Field(2, "grad_clip_norm", distill.grad_clip_norm());
+  w.Field(2, "warmup_steps", int64_t{distill.warmup_steps()});
+  w.Open(2, "loss");
+  w.Field(3, "task", distill.loss().task());
+  w.Field(3, "output_kd", distill.loss().output_kd());
+  w.Field(3, "feature_kd", distill.loss().feature_kd());
+  w.Field(3, "normalize_features", distill.loss().normalize_features());
+  w.Field(2, "precision", YamlEnum(distill.precision()));
+  w.Field(2, "master_weights_fp32", distill.master_weights_fp32());
+  w.Field(2, "checkpoint_every", int64_t{distill.checkpoint_every()});
+  w.Open(1, "output");
+  w.Field(2, "uri", YamlString(spec.output().uri()));
+  w.Field(1, "seed", uint64_t{spec.seed()});
+  w.Field(1, "device", YamlEnum(spec.device()));
+  return w.Take();
+}
+
+}  // namespace lpd::client

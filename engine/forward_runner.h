@@ -1,0 +1,33 @@
+// `lpd-worker forward`: one forward pass of a model folder on stored inputs,
+// writing the prediction and every block output. Users debug with it; tests
+// run it on the reference vectors.
+#ifndef LPD_ENGINE_FORWARD_RUNNER_H_
+#define LPD_ENGINE_FORWARD_RUNNER_H_
+
+#include <set>
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace lpd::engine {
+
+struct ForwardRequest {
+  std::string model_dir;
+  // A safetensors file with `input.sample`, `input.timestep`,
+  // `input.encoder_hidden_states` (and `input.text_embeds`, `input.time_ids`
+  // for text_time models); other keys are ignored.
+  std::string inputs_path;
+  // Written with `output.sample` and `act.<block>` for conv_in and every
+  // down, mid and up block, in float32.
+  std::string output_path;
+  std::set<std::string> remove_units;  // masked at run time
+  std::string device = "cpu";
+  std::string dtype = "float32";
+};
+
+// Runs the request. Every failure, LibTorch's included, is a status.
+absl::Status RunForward(const ForwardRequest& request);
+
+}  // namespace lpd::engine
+
+#endif  // LPD_ENGINE_FORWARD_RUNNER_H_

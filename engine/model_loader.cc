@@ -1,0 +1,87 @@
+#include "engine/model_loader.h"
+
+#include <ATen/Context.h>
+#include <torch/cuda.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "engine/safetensors.h"
+#include "engine/torch_errors.h"
+#include "engine/unet_config.h"
+
+namespace lpd::engine {
+
+absl::StatusOr<UNet2DConditionModel> LoadModel(
+    const std::string& dir, const LoadModelOptions& options) {
+  ASSIGN_OR_RETURN(UNetConfig config, LoadUNetConfig(dir));
+  ASSIGN_OR_RETURN(SafetensorsCheckpoint checkpoint,
+                   SafetensorsCheckpoint::Open(dir));
+  return GuardTorch(
+      absl::StrCat("loading model ", dir),
+      [&]() -> absl::StatusOr<UNet2DConditionModel> {
+        UNetOptions unet_options;
+        unet_options.config = config;
+        unet_options.removed_units = options.removed_units;
+        unet_options.tensor_options =
+            torch::TensorOptions().device(options.device).dtype(options.dtype);
+        auto impl = UNet2DConditionModelImpl::Create(unet_options);
+        if (!impl.ok()) {
+          return absl::Status(impl.status().code(),
+                              absl::StrCat(dir, ": ", impl.status().message()));
+        }
+        absl::Status loaded = (*impl)->LoadWeights(
+            checkpoint, /*allow_removed_extra=*/!options.removed_units.empty());
+        if (!loaded.ok()) {
+          return absl::Status(loaded.code(),
+                              absl::StrCat(dir, ": ", loaded.message()));
+        }
+        (*impl)->eval();
+        return UNet2DConditionModel(*impl);
+      });
+}
+
+absl::StatusOr<UNet2DConditionModel> BuildModelStructure(
+    const std::string& dir) {
+  ASSIGN_OR_RETURN(UNetConfig config, LoadUNetConfig(dir));
+  return GuardTorch(
+      absl::StrCat("building model ", dir),
+      [&]() -> absl::StatusOr<UNet2DConditionModel> {
+        UNetOptions unet_options;
+        unet_options.config = config;
+        unet_options.tensor_options =
+            torch::TensorOptions().dtype(torch::kBFloat16);
+        ASSIGN_OR_RETURN(auto impl,
+                         UNet2DConditionModelImpl::Create(unet_options));
+        return UNet2DConditionModel(impl);
+      });
+}
+
+absl::StatusOr<torch::Device> ParseTorchDevice(const std::string& name) {
+  const std::string lower = absl::AsciiStrToLower(name);
+  if (lower == "cpu") return torch::Device(torch::kCPU);
+  if (lower.rfind("cuda", 0) == 0) {
+    if (!torch::cuda::is_available()) {
+      return absl::UnavailableError(absl::StrCat(
+          "device \"", name,
+          "\": no CUDA device is available to this build of LibTorch"));
+    }
+    return GuardTorch("device \"" + name + "\"",
+                      [&]() -> absl::StatusOr<torch::Device> {
+                        return torch::Device(lower);
+                      });
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown device \"", name, "\" (expected cpu or cuda[:N])"));
+}
+
+absl::StatusOr<torch::Dtype> ParseTorchDtype(const std::string& name) {
+  const std::string lower = absl::AsciiStrToLower(name);
+  if (lower == "float32" || lower == "fp32") return torch::kFloat32;
+  if (lower == "float16" || lower == "fp16") return torch::kFloat16;
+  if (lower == "bfloat16" || lower == "bf16") return torch::kBFloat16;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown dtype \"", name, "\" (expected float32, float16 or bfloat16)"));
+}
+
+}  // namespace lpd::engine

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The main job as far as it exists: builds lpd (installing what is missing on
+# Debian 12), then runs one forward pass of each reference U-Net (SD-v1.5 and
+# SDXL layouts) on its reference inputs, with and without a set of units
+# removed, and writes the outputs under out/example/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/build.sh
+testdata=${LPD_TESTDATA:-../shared/testdata}/unet-golden
+if [ ! -d "$testdata" ]; then
+  echo "reference models not found at $testdata (set LPD_TESTDATA)" >&2
+  exit 1
+fi
+worker=${LPD_BUILD_DIR:-build}/worker/lpd-worker
+out=out/example
+mkdir -p "$out"
+set -x
+"$worker" forward --model "$testdata/tiny-sd15" \
+  --inputs "$testdata/tiny-sd15/vectors.safetensors" --out "$out/tiny-sd15.safetensors"
+"$worker" forward --model "$testdata/tiny-sd15" \
+  --inputs "$testdata/tiny-sd15/vectors.safetensors" \
+  --remove down_blocks.0.resnets.1,up_blocks.1.attentions.1 \
+  --out "$out/tiny-sd15-pruned.safetensors"
+"$worker" forward --model "$testdata/tiny-sdxl" \
+  --inputs "$testdata/tiny-sdxl/vectors.safetensors" --out "$out/tiny-sdxl.safetensors"
+"$worker" units --model "$testdata/tiny-sdxl" --granularity resnet,transformer_block

@@ -1,0 +1,108 @@
+// Helpers shared by the storage tests: a fresh temporary folder, small file
+// helpers and a status check.
+#ifndef LPD_STORAGE_TEST_UTIL_H_
+#define LPD_STORAGE_TEST_UTIL_H_
+
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+namespace lpd::storage::testing_util {
+
+// A new empty folder under testing::TempDir(), removed with its contents on
+// destruction.
+class TempFolder {
+ public:
+  TempFolder() {
+    std::string pattern =
+        (std::filesystem::path(testing::TempDir()) / "lpd-storage-XXXXXX")
+            .string();
+    if (::mkdtemp(pattern.data()) == nullptr) {
+      ADD_FAILURE() << "mkdtemp " << pattern << " failed";
+    }
+    path_ = pattern;
+  }
+  TempFolder(const TempFolder&) = delete;
+  TempFolder& operator=(const TempFolder&) = delete;
+  ~TempFolder() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+
+  const std::string& path() const { return path_; }
+  std::string Sub(const std::string& relative) const {
+    return path_ + "/" + relative;
+  }
+
+ private:
+  std::string path_;
+};
+
+inline void WriteLocalFile(const std::string& path, const std::string& data) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << data;
+  ASSERT_TRUE(out.good()) << "writing " << path;
+}
+
+inline std::string ReadLocalFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Names of every entry (files and folders, recursively, hidden ones too)
+// under `root`, relative to it, sorted.
+inline std::vector<std::string> AllEntries(const std::string& root) {
+  std::vector<std::string> out;
+  for (const auto& entry :
+       std::filesystem::recursive_directory_iterator(root)) {
+    out.push_back(std::filesystem::relative(entry.path(), root).string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// `size` bytes that differ from one position to the next.
+inline std::string PatternBytes(size_t size, uint32_t seed = 1) {
+  std::string out(size, '\0');
+  uint32_t x = seed * 2654435761u + 1;
+  for (char& c : out) {
+    x = x * 1664525u + 1013904223u;
+    c = static_cast<char>(x >> 24);
+  }
+  return out;
+}
+
+// `status` is an error with `code` whose message contains every one of
+// `parts`.
+inline testing::AssertionResult IsError(
+    const absl::Status& status, absl::StatusCode code,
+    std::initializer_list<std::string> parts = {}) {
+  if (status.ok()) return testing::AssertionFailure() << "status is OK";
+  if (status.code() != code) {
+    return testing::AssertionFailure()
+           << "code " << absl::StatusCodeToString(status.code())
+           << " instead of " << absl::StatusCodeToString(code) << ": "
+           << status;
+  }
+  for (const std::string& part : parts) {
+    if (!absl::StrContains(status.message(), part)) {
+      return testing::AssertionFailure()
+             << "message lacks \"" << part << "\": " << status;
+    }
+  }
+  return testing::AssertionSuccess();
+}
+
+}  // namespace lpd::storage::testing_util
+
+#endif  // LPD_STORAGE_TEST_UTIL_H_

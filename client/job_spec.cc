@@ -1,10 +1,14 @@
 #include "client/job_spec.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
-#include <fstream>
 #include <initializer_list>
 #include <map>
 #include <optional>
@@ -12,8 +16,6 @@
 #include <system_error>
 #include <utility>
 #include <vector>
-
-#include <yaml-cpp/yaml.h>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/numeric/int128.h"
@@ -139,8 +141,8 @@ int EditDistance(absl::string_view a, absl::string_view b) {
   for (size_t i = 1; i <= a.size(); ++i) {
     for (size_t j = 1; j <= b.size(); ++j) {
       const int cost = a[i - 1] == b[j - 1] ? 0 : 1;
-      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1,
-                          d[i - 1][j - 1] + cost});
+      d[i][j] =
+          std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
       if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
         d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
       }
@@ -173,8 +175,9 @@ std::optional<absl::string_view> Suggest(
     if (folded.size() >= 3 && absl::StartsWith(folded_candidate, folded)) {
       distance = std::min(distance, 1);
     }
+    // Short names only up to case and separators: "gpu" is not "cpu".
     const size_t length = candidate.size();
-    const int allowed = length <= 4 ? 1 : length <= 8 ? 2 : 3;
+    const int allowed = length <= 4 ? 0 : length <= 8 ? 2 : 3;
     if (distance <= allowed && distance < best_distance) {
       best = candidate;
       best_distance = distance;
@@ -311,8 +314,8 @@ absl::Status ProblemsToStatus(absl::string_view source,
   std::vector<std::string> lines;
   for (const Problem& problem : problems) {
     if (static_cast<int>(lines.size()) == kMaxReportedErrors) {
-      lines.push_back(absl::StrCat("... and ", problems.size() - lines.size(),
-                                   " more"));
+      lines.push_back(
+          absl::StrCat("... and ", problems.size() - lines.size(), " more"));
       break;
     }
     lines.push_back(FormatProblem(source, problem));
@@ -387,8 +390,8 @@ class Checker {
   // Finite and >= 0 (or > 0 when `strict`).
   void NonNegative(const std::string& path, double value, bool strict) {
     if (!std::isfinite(value)) {
-      Add(path, absl::StrCat("must be a finite number, got ",
-                             FormatDouble(value)));
+      Add(path,
+          absl::StrCat("must be a finite number, got ", FormatDouble(value)));
     } else if (strict ? !(value > 0) : !(value >= 0)) {
       Add(path, absl::StrCat("must be ", strict ? ">" : ">=", " 0, got ",
                              FormatDouble(value)));
@@ -413,14 +416,15 @@ class Checker {
       std::string message =
           absl::StrCat("must be ", kUriShapes, ", got ", Quote(uri));
       if (uri[0] == '/') {
-        absl::StrAppend(&message, " (did you mean \"file://", uri, "\"?)");
+        absl::StrAppend(&message, " (did you mean ",
+                        Quote(absl::StrCat("file://", uri)), "?)");
       }
       Add(path, std::move(message));
       return false;
     }
-    const absl::string_view scheme = absl::string_view(uri).substr(0, separator);
-    const absl::string_view rest =
-        absl::string_view(uri).substr(separator + 3);
+    const absl::string_view scheme =
+        absl::string_view(uri).substr(0, separator);
+    const absl::string_view rest = absl::string_view(uri).substr(separator + 3);
     if (scheme == "file") {
       if (rest.empty() || rest[0] != '/') {
         Add(path, absl::StrCat("must be file:///absolute/path (three slashes: "
@@ -429,8 +433,8 @@ class Checker {
         return false;
       }
       if (rest == "/") {
-        Add(path, absl::StrCat("must name a folder, not the root, got ",
-                               Quote(uri)));
+        Add(path,
+            absl::StrCat("must name a folder, not the root, got ", Quote(uri)));
         return false;
       }
       return Segments(path, uri, rest.substr(1));
@@ -517,9 +521,9 @@ void CheckJob(const CompressionJob& job, std::vector<Problem>* problems) {
                            Quote(metadata.name())));
   }
   if (metadata.labels_size() > kMaxLabels) {
-    check.Add("metadata.labels", absl::StrCat("at most ", kMaxLabels,
-                                              " labels, got ",
-                                              metadata.labels_size()));
+    check.Add("metadata.labels",
+              absl::StrCat("at most ", kMaxLabels, " labels, got ",
+                           metadata.labels_size()));
   }
   const std::map<std::string, std::string> labels(metadata.labels().begin(),
                                                   metadata.labels().end());
@@ -549,8 +553,7 @@ void CheckJob(const CompressionJob& job, std::vector<Problem>* problems) {
 
   const DataSpec& data = spec.data();
   const bool train_ok = check.Uri("spec.data.train.uri", data.train().uri());
-  check.AtLeast("spec.data.calibration_samples", data.calibration_samples(),
-                1);
+  check.AtLeast("spec.data.calibration_samples", data.calibration_samples(), 1);
   check.AtLeast("spec.data.eval_samples", data.eval_samples(), 0);
 
   const PruneSpec& prune = spec.prune();
@@ -574,8 +577,8 @@ void CheckJob(const CompressionJob& job, std::vector<Problem>* problems) {
       check.Add(path, absl::StrCat("unknown value ", unit));
       units_ok = false;
     } else if (has[unit]) {
-      check.Add(path, absl::StrCat("duplicate ",
-                                   Quote(YamlName(prune.units(i)))));
+      check.Add(path,
+                absl::StrCat("duplicate ", Quote(YamlName(prune.units(i)))));
       units_ok = false;
     } else {
       has[unit] = true;
@@ -633,8 +636,7 @@ void CheckJob(const CompressionJob& job, std::vector<Problem>* problems) {
               "applies only to precision bf16 (or auto); with fp32 the "
               "weights are fp32 already");
   }
-  check.AtLeast("spec.distill.checkpoint_every", distill.checkpoint_every(),
-                1);
+  check.AtLeast("spec.distill.checkpoint_every", distill.checkpoint_every(), 1);
 
   const bool output_ok = check.Uri("spec.output.uri", spec.output().uri());
   if (output_ok) {
@@ -696,8 +698,8 @@ class SpecReader {
   bool ReadJob(const YAML::Node& root, CompressionJob* job) {
     marks_[""] = root.Mark();
     Entries entries;
-    if (!Mapping({root, root}, "",
-                 {"apiVersion", "kind", "metadata", "spec"}, &entries)) {
+    if (!Mapping({root, root}, "", {"apiVersion", "kind", "metadata", "spec"},
+                 &entries)) {
       return false;
     }
     if (const Entry* e = Find(entries, "apiVersion")) {
@@ -752,7 +754,8 @@ class SpecReader {
       return std::string(path.substr(0, path.rfind("[\"")));
     }
     const size_t cut = path.find_last_of(".[");
-    return cut == absl::string_view::npos ? "" : std::string(path.substr(0, cut));
+    return cut == absl::string_view::npos ? ""
+                                          : std::string(path.substr(0, cut));
   }
 
   void Fail(const std::string& path, const YAML::Mark& mark,
@@ -820,8 +823,8 @@ class SpecReader {
         if (auto suggestion = Suggest(name, candidates)) {
           absl::StrAppend(&message, " (did you mean \"", *suggestion, "\"?)");
         } else {
-          absl::StrAppend(&message, "; known fields: ",
-                          absl::StrJoin(known, ", "));
+          absl::StrAppend(&message,
+                          "; known fields: ", absl::StrJoin(known, ", "));
         }
         Problem problem{child, std::move(message)};
         SetPosition(key.Mark(), &problem);
@@ -848,15 +851,14 @@ class SpecReader {
   static std::string QuotedHint(const YAML::Node& node,
                                 absl::string_view what) {
     if (!IsQuoted(node)) return "";
-    return absl::StrCat(" (a quoted string: write ", what,
-                        " without quotes)");
+    return absl::StrCat(" (a quoted string: write ", what, " without quotes)");
   }
 
   // An integer in [minimum, maximum]: digits, or float notation with an
   // integral value ("2e4").
   std::optional<absl::int128> Integer(const Entry& entry,
-                                      const std::string& path,
-                                      int64_t minimum, uint64_t maximum) {
+                                      const std::string& path, int64_t minimum,
+                                      uint64_t maximum) {
     if (!Begin(entry, path)) return std::nullopt;
     const YAML::Node& node = entry.value;
     const std::string text = node.IsScalar() ? node.Scalar() : "";
@@ -954,8 +956,7 @@ class SpecReader {
     Fail(path, ValueMark(entry),
          absl::StrCat("must be one of ", absl::StrJoin(names, ", "), "; got ",
                       Describe(node),
-                      node.IsScalar() ? DidYouMean(node.Scalar(), names)
-                                      : ""));
+                      node.IsScalar() ? DidYouMean(node.Scalar(), names) : ""));
     return std::nullopt;
   }
 
@@ -981,8 +982,7 @@ class SpecReader {
       const YAML::Node key = it->first;
       if (!key.IsScalar()) {
         Fail(path, key.Mark(),
-             absl::StrCat("label names must be strings, got ",
-                          Describe(key)));
+             absl::StrCat("label names must be strings, got ", Describe(key)));
         continue;
       }
       const std::string child =
@@ -1005,10 +1005,10 @@ class SpecReader {
 
   void ReadSpec(const Entry& entry, JobSpec* spec) {
     Entries entries;
-    if (!Mapping(entry, "spec",
-                 {"model", "data", "prune", "distill", "output", "seed",
-                  "device"},
-                 &entries)) {
+    if (!Mapping(
+            entry, "spec",
+            {"model", "data", "prune", "distill", "output", "seed", "device"},
+            &entries)) {
       return;
     }
     if (const Entry* e = Find(entries, "model")) {
@@ -1027,7 +1027,8 @@ class SpecReader {
       Entries output;
       if (Mapping(*e, "spec.output", {"uri"}, &output)) {
         if (const Entry* uri = Find(output, "uri")) {
-          String(*uri, "spec.output.uri", spec->mutable_output()->mutable_uri());
+          String(*uri, "spec.output.uri",
+                 spec->mutable_output()->mutable_uri());
         }
       }
     }
@@ -1060,8 +1061,7 @@ class SpecReader {
   void ReadData(const Entry& entry, DataSpec* data) {
     Entries entries;
     if (!Mapping(entry, "spec.data",
-                 {"train", "calibration_samples", "eval_samples"},
-                 &entries)) {
+                 {"train", "calibration_samples", "eval_samples"}, &entries)) {
       return;
     }
     if (const Entry* e = Find(entries, "train")) {
@@ -1232,8 +1232,8 @@ std::string YamlString(absl::string_view text) {
       (absl::ascii_isalnum(text[0]) || text[0] == '/' || text[0] == '_' ||
        text[0] == '.') &&
       std::all_of(text.begin(), text.end(), [](char c) {
-        return absl::ascii_isalnum(c) || absl::string_view("_./:+=-").find(c) !=
-                                             absl::string_view::npos;
+        return absl::ascii_isalnum(c) ||
+               absl::string_view("_./:+=-").find(c) != absl::string_view::npos;
       });
   if (plain) return std::string(text);
   std::string quoted = "\"";
@@ -1270,8 +1270,7 @@ class YamlWriter {
     absl::StrAppend(&out_, std::string(2 * depth, ' '), key, ":\n");
   }
   void Field(int depth, absl::string_view key, absl::string_view value) {
-    absl::StrAppend(&out_, std::string(2 * depth, ' '), key, ": ", value,
-                    "\n");
+    absl::StrAppend(&out_, std::string(2 * depth, ' '), key, ": ", value, "\n");
   }
   void Field(int depth, absl::string_view key, int64_t value) {
     Field(depth, key, absl::StrCat(value));
@@ -1400,34 +1399,48 @@ absl::StatusOr<CompressionJob> ParseJobSpecYaml(absl::string_view yaml_text,
     for (Problem& problem : checks) reader.AddCheckProblem(std::move(problem));
   }
   std::vector<Problem>& problems = reader.problems;
-  std::stable_sort(problems.begin(), problems.end(),
-                   [](const Problem& a, const Problem& b) {
-                     return std::pair(a.line, a.column) <
-                            std::pair(b.line, b.column);
-                   });
+  std::stable_sort(
+      problems.begin(), problems.end(), [](const Problem& a, const Problem& b) {
+        return std::pair(a.line, a.column) < std::pair(b.line, b.column);
+      });
   RETURN_IF_ERROR(ProblemsToStatus(source, problems));
   return job;
 }
 
 absl::StatusOr<CompressionJob> LoadJobSpecFile(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
     return absl::ErrnoToStatus(
         errno, absl::StrCat("cannot open job spec ", Quote(path)));
   }
-  std::string text;
-  text.resize(kMaxJobSpecBytes + 1);
-  file.read(text.data(), static_cast<std::streamsize>(text.size()));
-  if (file.bad()) {
-    return absl::ErrnoToStatus(
-        errno, absl::StrCat("cannot read job spec ", Quote(path)));
+  struct stat info;
+  if (fstat(fd, &info) == 0 && S_ISDIR(info.st_mode)) {
+    close(fd);
+    return absl::InvalidArgumentError(
+        absl::StrCat("job spec ", Quote(path), " is a directory"));
   }
-  text.resize(static_cast<size_t>(file.gcount()));
-  if (text.size() > kMaxJobSpecBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": job spec is larger than the limit of ", kMaxJobSpecBytes,
-        " bytes"));
+  // One byte over the limit tells an oversized file from one at the limit.
+  std::string text(kMaxJobSpecBytes + 1, '\0');
+  size_t size = 0;
+  while (size < text.size()) {
+    const ssize_t n = read(fd, text.data() + size, text.size() - size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int error = errno;
+      close(fd);
+      return absl::ErrnoToStatus(
+          error, absl::StrCat("cannot read job spec ", Quote(path)));
+    }
+    if (n == 0) break;
+    size += static_cast<size_t>(n);
   }
+  close(fd);
+  if (size > kMaxJobSpecBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": job spec is larger than the limit of ",
+                     kMaxJobSpecBytes, " bytes"));
+  }
+  text.resize(size);
   return ParseJobSpecYaml(text, path);
 }
 
@@ -1457,8 +1470,7 @@ std::string JobSpecToYaml(const CompressionJob& input) {
   w.Open(1, "data");
   w.Open(2, "train");
   w.Field(3, "uri", YamlString(spec.data().train().uri()));
-  w.Field(2, "calibration_samples",
-          int64_t{spec.data().calibration_samples()});
+  w.Field(2, "calibration_samples", int64_t{spec.data().calibration_samples()});
   w.Field(2, "eval_samples", int64_t{spec.data().eval_samples()});
   const PruneSpec& prune = spec.prune();
   w.Open(1, "prune");

@@ -39,6 +39,11 @@ absl::StatusOr<UNetInputs> InputsFrom(
 absl::Status RunForward(const ForwardRequest& request) {
   ASSIGN_OR_RETURN(torch::Device device, ParseTorchDevice(request.device));
   ASSIGN_OR_RETURN(torch::Dtype dtype, ParseTorchDtype(request.dtype));
+  if (dtype == torch::kFloat32) {
+    // A debugging tool computes float32 as float32: no TF32 shortcuts.
+    at::globalContext().setAllowTF32CuDNN(false);
+    at::globalContext().setAllowTF32CuBLAS(false);
+  }
   LoadModelOptions load_options;
   load_options.device = device;
   load_options.dtype = dtype;

@@ -3,11 +3,11 @@
 #ifndef LPD_ENGINE_TENSOR_IO_H_
 #define LPD_ENGINE_TENSOR_IO_H_
 
+#include <torch/types.h>
+
 #include <map>
 #include <optional>
 #include <string>
-
-#include <torch/types.h>
 
 #include "absl/status/statusor.h"
 #include "engine/safetensors.h"
@@ -33,9 +33,10 @@ absl::StatusOr<std::map<std::string, torch::Tensor>> ReadAllTensors(
 
 // Writes tensors (any device; copied to contiguous CPU memory one at a time)
 // to `path` atomically, with optional metadata.
-absl::Status WriteTensors(const std::string& path,
-                          const std::map<std::string, torch::Tensor>& tensors,
-                          const std::map<std::string, std::string>& metadata = {});
+absl::Status WriteTensors(
+    const std::string& path,
+    const std::map<std::string, torch::Tensor>& tensors,
+    const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace lpd::engine
 

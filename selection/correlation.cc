@@ -23,8 +23,8 @@ absl::Status CheckPairs(absl::string_view what, absl::Span<const double> x,
         what, ": x has ", x.size(), " values but y has ", y.size()));
   }
   if (x.size() < 2) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ": needs at least 2 pairs, got ", x.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": needs at least 2 pairs, got ", x.size()));
   }
   for (size_t i = 0; i < x.size(); ++i) {
     if (!std::isfinite(x[i]) || !std::isfinite(y[i])) {
@@ -36,8 +36,8 @@ absl::Status CheckPairs(absl::string_view what, absl::Span<const double> x,
     const auto [min, max] = std::minmax_element(values.begin(), values.end());
     if (*min == *max) {
       return absl::InvalidArgumentError(absl::StrCat(
-          what, ": ", name, " is constant (all ", values.size(),
-          " values are ", *min, "), so the correlation is undefined"));
+          what, ": ", name, " is constant (all ", values.size(), " values are ",
+          *min, "), so the correlation is undefined"));
     }
   }
   return absl::OkStatus();
@@ -83,9 +83,8 @@ absl::StatusOr<double> SpearmanCorrelation(absl::Span<const double> x,
 std::vector<double> AverageRanks(absl::Span<const double> values) {
   std::vector<size_t> order(values.size());
   std::iota(order.begin(), order.end(), size_t{0});
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return values[a] < values[b];
-  });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return values[a] < values[b]; });
   std::vector<double> ranks(values.size());
   for (size_t begin = 0; begin < order.size();) {
     size_t end = begin + 1;
@@ -107,8 +106,8 @@ absl::StatusOr<std::vector<AdditivityRow>> AdditivityReport(
     const AdditivitySample& sample = samples[i];
     if (sample.set_size < 1) {
       return absl::InvalidArgumentError(
-          absl::StrCat("additivity sample #", i, ": set size must be >= 1, got ",
-                       sample.set_size));
+          absl::StrCat("additivity sample #", i,
+                       ": set size must be >= 1, got ", sample.set_size));
     }
     if (!std::isfinite(sample.predicted) || !std::isfinite(sample.measured)) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -145,9 +144,8 @@ nlohmann::json AdditivityReportToJson(absl::Span<const AdditivityRow> rows) {
                             {"samples", row.samples}};
     entry["pearson"] = row.pearson.has_value() ? nlohmann::json(*row.pearson)
                                                : nlohmann::json(nullptr);
-    entry["spearman"] = row.spearman.has_value()
-                            ? nlohmann::json(*row.spearman)
-                            : nlohmann::json(nullptr);
+    entry["spearman"] = row.spearman.has_value() ? nlohmann::json(*row.spearman)
+                                                 : nlohmann::json(nullptr);
     if (!row.note.empty()) entry["note"] = row.note;
     by_size.push_back(std::move(entry));
   }

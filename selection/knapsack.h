@@ -57,14 +57,18 @@ absl::StatusOr<int64_t> RequiredParams(double target_ratio,
 struct SelectOptions {
   enum class Method {
     // Branch-and-bound first; if it runs long, meet-in-the-middle when the
-    // instance allows it, else branch-and-bound until `node_limit`.
+    // instance allows it, else branch-and-bound until `node_limit`. Real
+    // instances take microseconds. The hard case is a score nearly
+    // proportional to size over many distinct sizes (subset sum in
+    // disguise): meet-in-the-middle solves up to about 40 distinct sizes in
+    // under a second; beyond that such an instance may hit `node_limit`.
     kAuto,
-    kBranchAndBound,    // depth-first over size classes, LP-relaxation bound
-    kMeetInTheMiddle,   // ResourceExhausted if the instance is too large
+    kBranchAndBound,   // depth-first over size classes, LP-relaxation bound
+    kMeetInTheMiddle,  // ResourceExhausted if the instance is too large
   };
   Method method = Method::kAuto;
-  // Branch-and-bound nodes before giving up with ResourceExhausted (about
-  // 10^7 nodes a second; real instances take a few thousand).
+  // Branch-and-bound nodes before giving up with ResourceExhausted (tens of
+  // millions a second; an SDXL-sized instance takes a few hundred).
   int64_t node_limit = int64_t{1} << 30;
 };
 
@@ -72,11 +76,11 @@ struct SelectOptions {
 // Σ_{i∈S} params_i >= RequiredParams(target_ratio, total_params), exactly.
 //
 // Method: units of equal size form a class; taking k units of a class means
-// taking its k lowest-score ones, so a solution is a count per class. Costs
-// are compared as exact sums of the scores (the scores are turned into
-// integers without loss as long as every nonzero score is within a factor
-// 2^66 of the largest; beyond that the smaller ones are rounded to multiples
-// of 2^-119 × the largest, far below what the sum's double can show).
+// taking its k lowest-score ones, so a solution is a count per class, found
+// by branch-and-bound with an LP-relaxation bound or by meet-in-the-middle.
+// Costs are compared as exact sums of the scores (each score is turned into
+// an integer without loss, in as many bits as the scores' range needs), so
+// the result is the true optimum, and ties are true ties.
 //
 // Among plans of equal predicted loss, the one removing fewer parameters
 // wins; then, over classes ordered by unit size (largest first), the one
@@ -88,10 +92,10 @@ struct SelectOptions {
 // Errors (InvalidArgument unless noted): target_ratio not in (0, 1);
 // total_params <= 0; an empty or duplicate id; a removable unit with params
 // <= 0 or a score that is negative, infinite or NaN; removable units holding
-// more than total_params in all; a target that the removable units cannot
-// reach (the message gives the largest achievable ratio). ResourceExhausted
-// if the search exceeds options.node_limit (or, for kMeetInTheMiddle, its
-// table size).
+// more than total_params in all, or scores whose sum overflows a double; a
+// target that the removable units cannot reach (the message gives the largest
+// achievable ratio). ResourceExhausted if the search exceeds options.node_limit
+// (or, for kMeetInTheMiddle, its table size).
 absl::StatusOr<Plan> SelectUnits(absl::Span<const ScoredUnit> units,
                                  int64_t total_params, double target_ratio,
                                  const SelectOptions& options = {});

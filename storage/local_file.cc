@@ -92,13 +92,13 @@ absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(
                            O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                            0666));
     if (file.valid()) {
-      return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(
-          std::move(dir), std::move(file), std::move(name),
-          std::move(temp_name), std::move(display_path)));
+      return std::unique_ptr<AtomicFileWriter>(
+          new AtomicFileWriter(std::move(dir), std::move(file), std::move(name),
+                               std::move(temp_name), std::move(display_path)));
     }
     if (errno != EEXIST) {
-      return ErrnoError(errno, absl::StrCat("creating a temporary file for ",
-                                            display_path));
+      return ErrnoError(
+          errno, absl::StrCat("creating a temporary file for ", display_path));
     }
   }
   return absl::ResourceExhaustedError(
@@ -111,8 +111,7 @@ AtomicFileWriter::CreateAtPath(const std::string& path) {
   std::string dir = slash == std::string::npos ? "."
                     : slash == 0               ? "/"
                                                : path.substr(0, slash);
-  std::string name =
-      slash == std::string::npos ? path : path.substr(slash + 1);
+  std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
   if (name.empty() || name == "." || name == "..") {
     return absl::InvalidArgumentError(
         absl::StrCat("local path \"", path, "\" does not name a file"));
@@ -129,9 +128,9 @@ AtomicFileWriter::~AtomicFileWriter() {
 }
 
 absl::Status AtomicFileWriter::Closed() const {
-  return absl::FailedPreconditionError(absl::StrCat(
-      "writer for ", display_path_, " is already ",
-      state_ == State::kCommitted ? "committed" : "aborted"));
+  return absl::FailedPreconditionError(
+      absl::StrCat("writer for ", display_path_, " is already ",
+                   state_ == State::kCommitted ? "committed" : "aborted"));
 }
 
 void AtomicFileWriter::RemoveTemp() {
@@ -158,9 +157,9 @@ absl::Status AtomicFileWriter::Commit() {
   }
   if (error_.ok() && ::renameat(dir_.get(), temp_name_.c_str(), dir_.get(),
                                 name_.c_str()) != 0) {
-    error_ = ErrnoError(errno, absl::StrCat("renaming the temporary file ",
-                                            temp_name_, " onto ",
-                                            display_path_));
+    error_ =
+        ErrnoError(errno, absl::StrCat("renaming the temporary file ",
+                                       temp_name_, " onto ", display_path_));
   }
   if (!error_.ok()) {
     RemoveTemp();

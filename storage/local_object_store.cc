@@ -117,8 +117,9 @@ absl::StatusOr<UniqueFd> LocalObjectStore::OpenFolder(
     if (fd < 0 && errno == ENOENT && create) {
       if (::mkdirat(dir.get(), name.c_str(), 0777) == 0) {
         if (::fsync(dir.get()) != 0) {
-          return ErrnoError(errno, absl::StrCat("syncing the folder of ",
-                                                PathOf(folder.substr(0, walked))));
+          return ErrnoError(errno,
+                            absl::StrCat("syncing the folder of ",
+                                         PathOf(folder.substr(0, walked))));
         }
       } else if (errno != EEXIST) {
         return ErrnoError(errno, absl::StrCat("creating the folder ",
@@ -166,8 +167,8 @@ absl::StatusOr<LocalObjectStore::OpenObject> LocalObjectStore::OpenForRead(
   }
   if (S_ISDIR(st.st_mode)) return NotFound(key);
   if (!S_ISREG(st.st_mode)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(PathOf(key), " (key \"", key, "\") is not a regular file"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        PathOf(key), " (key \"", key, "\") is not a regular file"));
   }
   return OpenObject{std::move(fd), static_cast<int64_t>(st.st_size),
                     absl::TimeFromTimespec(st.st_mtim)};
@@ -188,8 +189,7 @@ absl::StatusOr<std::unique_ptr<ObjectWriter>> LocalObjectStore::DoNewWriter(
   ASSIGN_OR_RETURN(
       std::unique_ptr<AtomicFileWriter> file,
       AtomicFileWriter::Create(dir.get(), std::string(name), PathOf(key)));
-  return std::make_unique<LocalObjectWriter>(std::string(key),
-                                             std::move(file));
+  return std::make_unique<LocalObjectWriter>(std::string(key), std::move(file));
 }
 
 absl::StatusOr<std::string> LocalObjectStore::DoGet(
@@ -202,8 +202,9 @@ absl::StatusOr<std::string> LocalObjectStore::DoGet(
   return data;
 }
 
-absl::StatusOr<std::string> LocalObjectStore::DoGetRange(
-    absl::string_view key, int64_t offset, int64_t length) const {
+absl::StatusOr<std::string> LocalObjectStore::DoGetRange(absl::string_view key,
+                                                         int64_t offset,
+                                                         int64_t length) const {
   ASSIGN_OR_RETURN(OpenObject object, OpenForRead(key));
   auto past_end = [&](int64_t size) {
     return absl::OutOfRangeError(absl::StrCat(
@@ -249,8 +250,8 @@ absl::StatusOr<ObjectStat> LocalObjectStore::DoStat(
   if (S_ISLNK(st.st_mode)) return SymlinkRefused(key, PathOf(key));
   if (S_ISDIR(st.st_mode)) return NotFound(key);
   if (!S_ISREG(st.st_mode)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(PathOf(key), " (key \"", key, "\") is not a regular file"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        PathOf(key), " (key \"", key, "\") is not a regular file"));
   }
   return ObjectStat{static_cast<int64_t>(st.st_size),
                     absl::TimeFromTimespec(st.st_mtim)};
@@ -281,7 +282,8 @@ absl::Status LocalObjectStore::ListFolder(int dir, const std::string& base,
     }
     const int err = errno;
     ::closedir(stream);
-    if (err != 0) return ErrnoError(err, absl::StrCat("listing ", PathOf(base)));
+    if (err != 0)
+      return ErrnoError(err, absl::StrCat("listing ", PathOf(base)));
   }
   for (const std::string& name : names) {
     struct stat st;
@@ -320,13 +322,11 @@ absl::StatusOr<std::vector<ObjectEntry>> LocalObjectStore::DoList(
   absl::StatusOr<UniqueFd> dir = OpenFolder(folder, /*create=*/false, prefix);
   if (absl::IsNotFound(dir.status())) return out;
   RETURN_IF_ERROR(dir.status());
-  RETURN_IF_ERROR(ListFolder(dir->get(),
-                             folder.empty() ? "" : absl::StrCat(folder, "/"),
-                             start, out));
-  std::sort(out.begin(), out.end(),
-            [](const ObjectEntry& a, const ObjectEntry& b) {
-              return a.key < b.key;
-            });
+  RETURN_IF_ERROR(ListFolder(
+      dir->get(), folder.empty() ? "" : absl::StrCat(folder, "/"), start, out));
+  std::sort(
+      out.begin(), out.end(),
+      [](const ObjectEntry& a, const ObjectEntry& b) { return a.key < b.key; });
   return out;
 }
 

@@ -171,7 +171,8 @@ absl::StatusOr<Manifest> Manifest::FromJson(absl::string_view text) {
   }
   Manifest manifest;
   for (const auto& [name, value] : objects->items()) {
-    std::string where = absl::StrCat("objects[\"", absl::CHexEscape(name), "\"]");
+    std::string where =
+        absl::StrCat("objects[\"", absl::CHexEscape(name), "\"]");
     RETURN_IF_ERROR(CheckName(name));
     if (!value.is_object() || value.size() != 2 || !value.contains("size") ||
         !value.contains("sha256")) {
@@ -185,9 +186,9 @@ absl::StatusOr<Manifest> Manifest::FromJson(absl::string_view text) {
     }
     const json& sha256 = value.at("sha256");
     if (!sha256.is_string() || !IsSha256Hex(sha256.get<std::string>())) {
-      return invalid(absl::StrCat(
-          where, ".sha256 must be 64 lowercase hex digits, got ",
-          sha256.dump()));
+      return invalid(
+          absl::StrCat(where, ".sha256 must be 64 lowercase hex digits, got ",
+                       sha256.dump()));
     }
     manifest.Add(name, {size.get<int64_t>(), sha256.get<std::string>()});
   }
@@ -262,9 +263,8 @@ absl::StatusOr<std::string> VerifiedGet(const ObjectStore& store,
                    Lookup(store, dir, manifest, name));
   const std::string key = JoinKey({dir, name});
   ASSIGN_OR_RETURN(std::string data, store.Get(key));
-  RETURN_IF_ERROR(CheckAgainst(store, key, *entry,
-                               static_cast<int64_t>(data.size()),
-                               Sha256Hex(data)));
+  RETURN_IF_ERROR(CheckAgainst(
+      store, key, *entry, static_cast<int64_t>(data.size()), Sha256Hex(data)));
   return data;
 }
 

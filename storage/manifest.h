@@ -61,8 +61,7 @@ struct ManifestEntry {
   int64_t size = 0;    // bytes
   std::string sha256;  // 64 lowercase hex digits
 
-  friend bool operator==(const ManifestEntry&,
-                         const ManifestEntry&) = default;
+  friend bool operator==(const ManifestEntry&, const ManifestEntry&) = default;
 };
 
 // The objects of one folder, by name relative to the folder. Serialized as

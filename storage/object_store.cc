@@ -56,10 +56,9 @@ absl::Status CheckSegments(absl::string_view path, absl::string_view what) {
                        " bytes; the limit is ", kMaxKeySegmentBytes));
     }
     if (absl::StartsWith(segment, kTempSegmentPrefix)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, " has a segment starting with \"",
-                       kTempSegmentPrefix,
-                       "\", which is reserved for unfinished writes"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, " has a segment starting with \"", kTempSegmentPrefix,
+          "\", which is reserved for unfinished writes"));
     }
   }
   return absl::OkStatus();
@@ -167,8 +166,8 @@ absl::StatusOr<std::string> ObjectStore::GetRange(absl::string_view key,
   if (offset < 0 || length < 0 ||
       offset > std::numeric_limits<int64_t>::max() - length) {
     return absl::InvalidArgumentError(
-        absl::StrCat("reading ", UriOf(key), ": invalid range offset ",
-                     offset, ", length ", length));
+        absl::StrCat("reading ", UriOf(key), ": invalid range offset ", offset,
+                     ", length ", length));
   }
   return DoGetRange(key, offset, length);
 }
@@ -209,8 +208,7 @@ absl::Status ObjectStore::DeletePrefix(absl::string_view prefix) {
   return DoDeletePrefix(prefix);
 }
 
-absl::Status ObjectStore::DoPut(absl::string_view key,
-                                absl::string_view data) {
+absl::Status ObjectStore::DoPut(absl::string_view key, absl::string_view data) {
   ASSIGN_OR_RETURN(std::unique_ptr<ObjectWriter> writer, DoNewWriter(key));
   RETURN_IF_ERROR(writer->Append(data));
   return writer->Commit();
@@ -330,8 +328,7 @@ absl::StatusOr<std::unique_ptr<ObjectStore>> OpenObjectStore(
     }
     case StorageUri::Scheme::kS3:
       return absl::UnimplementedError(absl::StrCat(
-          "S3 storage is not built yet (cannot open ", parsed.ToString(),
-          ")"));
+          "S3 storage is not built yet (cannot open ", parsed.ToString(), ")"));
   }
   return absl::InternalError(absl::StrCat("unhandled scheme in ", uri));
 }
@@ -353,8 +350,8 @@ absl::StatusOr<StoreLocation> OpenStoreLocation(
   for (const std::string& root : roots) {
     absl::StatusOr<StorageUri> parsed_root = ParseStorageUri(root);
     if (!parsed_root.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "storage root: ", parsed_root.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("storage root: ", parsed_root.status().message()));
     }
     std::string canonical_root = parsed_root->ToString();
     if (absl::StartsWith(canonical, canonical_root) &&
@@ -363,9 +360,10 @@ absl::StatusOr<StoreLocation> OpenStoreLocation(
     }
   }
   if (best_root.empty()) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "storage URI ", Quote(uri), " is outside the configured storage roots (",
-        absl::StrJoin(roots, ", "), ")"));
+    return absl::PermissionDeniedError(
+        absl::StrCat("storage URI ", Quote(uri),
+                     " is outside the configured storage roots (",
+                     absl::StrJoin(roots, ", "), ")"));
   }
   ASSIGN_OR_RETURN(location.store, OpenObjectStore(best_root));
   location.prefix = canonical.substr(best_root.size());

@@ -89,8 +89,9 @@ class ObjectWriter {
 
 // An object store. Implementations are thread-safe. Errors name the key and
 // the store (or local path): NotFound for a missing object, InvalidArgument
-// for a bad key, PermissionDenied for a key that would leave the store,
-// DataLoss/Unavailable/... for what the back end reports.
+// for a malformed key ("..", absolute, ...), PermissionDenied for a path
+// through a symbolic link, and the back end's own failures mapped to the
+// nearest code (errno → code for files).
 //
 // The public methods validate their arguments and call the private Do*
 // methods, which back ends implement (non-virtual interface).

@@ -5,11 +5,14 @@
 
 #include <stdlib.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
 #include <iterator>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "absl/status/status.h"

@@ -4,7 +4,9 @@
 //
 //   unet_forward [--device cuda] [--dtype bf16] [--iters 20] [--warmup 5]
 //                [--case sd15|sdxl|all] [--batch N --size S]
-//                [--mode eager|graph|all] [--channels-last 0|1]
+//                [--mode plain|eager|graph|all] [--channels-last 0|1]
+// Modes: plain = eager with LibTorch ops only; eager = with the engine's
+// fused kernels; graph = fused kernels replayed from a CUDA graph.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -18,6 +20,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/cli_args.h"
+#include "engine/fused_ops.h"
 #include "engine/graphed_forward.h"
 #include "engine/model_loader.h"
 #include "engine/unet.h"
@@ -102,8 +105,20 @@ int RunCase(const Case& c, torch::Device device, torch::Dtype dtype,
               torch::toString(dtype), model->NumParameters() / 1e9,
               flops / 1e12);
 
-  for (const std::string m : {"eager", "graph"}) {
+  // The fused kernels against the plain ops, on the whole model.
+  lpd::engine::SetFusedKernelsEnabled(false);
+  torch::Tensor plain = model->forward(inputs).to(torch::kFloat32);
+  lpd::engine::SetFusedKernelsEnabled(true);
+  torch::Tensor fused = model->forward(inputs).to(torch::kFloat32);
+  std::printf("  fused vs plain ops: max |diff| %.3e, output max |y| %.3e, "
+              "relative L2 %.3e\n",
+              (fused - plain).abs().max().item<double>(),
+              plain.abs().max().item<double>(),
+              ((fused - plain).norm() / plain.norm()).item<double>());
+
+  for (const std::string m : {"plain", "eager", "graph"}) {
     if (mode != "all" && mode != m) continue;
+    lpd::engine::SetFusedKernelsEnabled(m != "plain");
     auto runner = GraphedForward::Create(model, inputs, m == "graph");
     if (!runner.ok()) {
       std::fprintf(stderr, "%s\n", runner.status().ToString().c_str());
@@ -134,6 +149,7 @@ int RunCase(const Case& c, torch::Device device, torch::Dtype dtype,
                 *std::min_element(ms.begin(), ms.end()), iters,
                 flops / (median / 1e3) / 1e12);
   }
+  lpd::engine::SetFusedKernelsEnabled(true);
   return 0;
 }
 

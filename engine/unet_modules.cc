@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <torch/version.h>
 
+#include "engine/fused_ops.h"
+
 namespace lpd::engine {
 namespace {
 
@@ -137,11 +139,14 @@ GroupNormImpl::GroupNormImpl(const GroupNormOptions& o) : options(o) {
 }
 
 torch::Tensor GroupNormImpl::forward(const torch::Tensor& x) {
-  return at::group_norm(x, options.num_groups(), weight, bias, options.eps());
+  return GroupNormAct(x, {}, options.num_groups(), weight, bias, options.eps(),
+                      /*silu=*/false);
 }
 
-torch::Tensor GroupNormImpl::ForwardSilu(const torch::Tensor& x) {
-  return at::silu(forward(x));
+torch::Tensor GroupNormImpl::ForwardSilu(const torch::Tensor& x,
+                                         const torch::Tensor& add) {
+  return GroupNormAct(x, add, options.num_groups(), weight, bias,
+                      options.eps(), /*silu=*/true);
 }
 
 LayerNormImpl::LayerNormImpl(const LayerNormOptions& o) : options(o) {
@@ -201,8 +206,8 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o)
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x,
                                          const torch::Tensor& temb) {
   torch::Tensor h = conv1(norm1->ForwardSilu(x));
-  h = h + time_emb_proj(at::silu(temb)).unsqueeze(-1).unsqueeze(-1);
-  h = conv2(norm2->ForwardSilu(h));
+  // norm2 takes the time embedding as its addend: silu(norm2(h + t)).
+  h = conv2(norm2->ForwardSilu(h, time_emb_proj(at::silu(temb))));
   torch::Tensor shortcut = conv_shortcut ? conv_shortcut(x) : x;
   torch::Tensor out = shortcut + h;
   if (options.output_scale_factor() != 1.0) {
@@ -237,9 +242,27 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x,
   auto split_heads = [&](const torch::Tensor& t) {
     return t.view({batch, -1, heads, head_dim}).transpose(1, 2);
   };
-  torch::Tensor q = split_heads(to_q(x));
-  torch::Tensor k = split_heads(to_k(context));
-  torch::Tensor v = split_heads(to_v(context));
+  // One GEMM for q, k and v (self-attention) or for k and v (cross).
+  torch::Tensor q, k, v;
+  const bool self_attention = x.is_same(context);
+  torch::Tensor fused_weight =
+      self_attention ? at::cat({to_q->weight, to_k->weight, to_v->weight})
+                     : at::cat({to_k->weight, to_v->weight});
+  const torch::Tensor& fused_input = self_attention ? x : context;
+  if (FlopCounter::active()) {
+    FlopCounter::Add(2 * (fused_input.numel() / fused_input.size(-1)) *
+                     fused_weight.numel());
+  }
+  auto parts = at::linear(fused_input, fused_weight)
+                   .chunk(self_attention ? 3 : 2, -1);
+  if (self_attention) {
+    q = parts[0], k = parts[1], v = parts[2];
+  } else {
+    q = to_q(x), k = parts[0], v = parts[1];
+  }
+  q = split_heads(q);
+  k = split_heads(k);
+  v = split_heads(v);
   torch::Tensor out = ScaledDotProductAttention(q, k, v, options.upcast());
   out = out.transpose(1, 2).reshape({batch, -1, heads * head_dim});
   return to_out_0(out);
@@ -279,8 +302,7 @@ torch::Tensor BasicTransformerBlockImpl::forward(const torch::Tensor& x,
   torch::Tensor n = norm1(h);
   h = attn1(n, n) + h;
   h = attn2(norm2(h), context) + h;
-  auto parts = ff_proj(norm3(h)).chunk(2, -1);  // hidden, gate
-  h = ff_out(parts[0] * at::gelu(parts[1])) + h;
+  h = ff_out(Geglu(ff_proj(norm3(h)))) + h;
   return h;
 }
 

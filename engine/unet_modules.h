@@ -115,8 +115,10 @@ class GroupNormImpl : public torch::nn::Module {
  public:
   explicit GroupNormImpl(const GroupNormOptions& options);
   torch::Tensor forward(const torch::Tensor& x);
-  // silu(group_norm(x)), fused where the backend allows.
-  torch::Tensor ForwardSilu(const torch::Tensor& x);
+  // silu(group_norm(x + add[:, :, None, None])) (`add` [B, C] optional), one
+  // fused kernel on the GPU (fused_ops.h).
+  torch::Tensor ForwardSilu(const torch::Tensor& x,
+                            const torch::Tensor& add = {});
 
   GroupNormOptions options;
   torch::Tensor weight, bias;

@@ -1,0 +1,246 @@
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "engine/cuda/fused_kernels.h"
+
+namespace lpd::engine::cuda {
+namespace {
+
+// Two adjacent elements of type T, loaded and stored as one word.
+template <typename T>
+struct Pair;
+template <>
+struct Pair<float> {
+  using Vec = float2;
+  __device__ static float2 ToFloat(Vec v) { return v; }
+  __device__ static Vec FromFloat(float2 f) { return f; }
+};
+template <>
+struct Pair<__nv_bfloat16> {
+  using Vec = __nv_bfloat162;
+  __device__ static float2 ToFloat(Vec v) { return __bfloat1622float2(v); }
+  __device__ static Vec FromFloat(float2 f) { return __float22bfloat162_rn(f); }
+};
+template <>
+struct Pair<__half> {
+  using Vec = __half2;
+  __device__ static float2 ToFloat(Vec v) { return __half22float2(v); }
+  __device__ static Vec FromFloat(float2 f) { return __float22half2_rn(f); }
+};
+
+constexpr int kThreads = 256;
+
+// Partial sums per (batch, split, group): the block of (split s, batch b)
+// covers rows [s·rows_per_split, ...) of batch b, every channel pair.
+template <typename T>
+__global__ void GroupNormStatsKernel(const T* __restrict__ x,
+                                     const T* __restrict__ add, int64_t hw,
+                                     int64_t channels, int64_t groups,
+                                     int64_t rows_per_split,
+                                     double* __restrict__ partials) {
+  extern __shared__ double shared[];  // [groups][2]
+  const int64_t b = blockIdx.y, s = blockIdx.x, splits = gridDim.x;
+  for (int64_t i = threadIdx.x; i < 2 * groups; i += blockDim.x) shared[i] = 0;
+  __syncthreads();
+  const int64_t pairs = channels / 2;
+  const int64_t group_size = channels / groups;
+  const int64_t row_begin = s * rows_per_split;
+  const int64_t row_end = min(hw, row_begin + rows_per_split);
+  using P = Pair<T>;
+  const auto* xv = reinterpret_cast<const typename P::Vec*>(x + b * hw * channels);
+  for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
+    float2 offset = make_float2(0.f, 0.f);
+    if (add != nullptr) {
+      offset = P::ToFloat(
+          reinterpret_cast<const typename P::Vec*>(add + b * channels)[p]);
+    }
+    float sum = 0.f, sumsq = 0.f;
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      float2 v = P::ToFloat(xv[r * pairs + p]);
+      v.x += offset.x;
+      v.y += offset.y;
+      sum += v.x + v.y;
+      sumsq += v.x * v.x + v.y * v.y;
+    }
+    const int64_t g = (2 * p) / group_size;
+    atomicAdd(&shared[2 * g], static_cast<double>(sum));
+    atomicAdd(&shared[2 * g + 1], static_cast<double>(sumsq));
+  }
+  __syncthreads();
+  double* out = partials + ((b * splits + s) * groups) * 2;
+  for (int64_t i = threadIdx.x; i < 2 * groups; i += blockDim.x) out[i] = shared[i];
+}
+
+// mean and rstd per (batch, group) from the partials of every split.
+__global__ void GroupNormFinalizeKernel(const double* __restrict__ partials,
+                                        int64_t batch, int64_t splits,
+                                        int64_t groups, double count, float eps,
+                                        float2* __restrict__ stats) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= batch * groups) return;
+  const int64_t b = i / groups, g = i % groups;
+  double sum = 0, sumsq = 0;
+  for (int64_t s = 0; s < splits; ++s) {
+    const double* p = partials + ((b * splits + s) * groups + g) * 2;
+    sum += p[0];
+    sumsq += p[1];
+  }
+  const double mean = sum / count;
+  const double var = max(sumsq / count - mean * mean, 0.0);
+  stats[i] = make_float2(static_cast<float>(mean),
+                         static_cast<float>(rsqrt(var + eps)));
+}
+
+__device__ __forceinline__ float Silu(float v) { return v / (1.f + __expf(-v)); }
+
+template <typename T>
+__global__ void GroupNormApplyKernel(const T* __restrict__ x,
+                                     const T* __restrict__ add,
+                                     const T* __restrict__ weight,
+                                     const T* __restrict__ bias,
+                                     const float2* __restrict__ stats,
+                                     T* __restrict__ y, int64_t hw,
+                                     int64_t channels, int64_t groups,
+                                     bool silu, int64_t total_pairs) {
+  using P = Pair<T>;
+  const int64_t pairs = channels / 2;
+  const int64_t group_size = channels / groups;
+  const auto* xv = reinterpret_cast<const typename P::Vec*>(x);
+  auto* yv = reinterpret_cast<typename P::Vec*>(y);
+  const auto* wv = reinterpret_cast<const typename P::Vec*>(weight);
+  const auto* bv = reinterpret_cast<const typename P::Vec*>(bias);
+  const auto* av = reinterpret_cast<const typename P::Vec*>(add);
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+       i < total_pairs; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t p = i % pairs;
+    const int64_t b = i / (pairs * hw);
+    float2 v = P::ToFloat(xv[i]);
+    if (av != nullptr) {
+      const float2 a = P::ToFloat(av[b * pairs + p]);
+      v.x += a.x;
+      v.y += a.y;
+    }
+    const float2 st = stats[b * groups + (2 * p) / group_size];
+    const float2 w = P::ToFloat(wv[p]);
+    const float2 c = P::ToFloat(bv[p]);
+    float2 out = make_float2((v.x - st.x) * st.y * w.x + c.x,
+                             (v.y - st.x) * st.y * w.y + c.y);
+    if (silu) {
+      out.x = Silu(out.x);
+      out.y = Silu(out.y);
+    }
+    yv[i] = P::FromFloat(out);
+  }
+}
+
+template <typename T>
+__global__ void GegluKernel(const T* __restrict__ x, T* __restrict__ y,
+                            int64_t rows, int64_t n) {
+  using P = Pair<T>;
+  const int64_t half_pairs = n / 2;
+  const int64_t total = rows * half_pairs;
+  const auto* xv = reinterpret_cast<const typename P::Vec*>(x);
+  auto* yv = reinterpret_cast<typename P::Vec*>(y);
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = i / half_pairs, p = i % half_pairs;
+    const float2 a = P::ToFloat(xv[r * 2 * half_pairs + p]);
+    const float2 g = P::ToFloat(xv[r * 2 * half_pairs + half_pairs + p]);
+    const float kInvSqrt2 = 0.70710678118654752f;
+    float2 out;
+    out.x = a.x * 0.5f * g.x * (1.f + erff(g.x * kInvSqrt2));
+    out.y = a.y * 0.5f * g.y * (1.f + erff(g.y * kInvSqrt2));
+    yv[i] = P::FromFloat(out);
+  }
+}
+
+int GridFor(int64_t work) {
+  const int64_t blocks = (work + kThreads - 1) / kThreads;
+  return static_cast<int>(std::min<int64_t>(blocks, 132 * 16));
+}
+
+template <typename T>
+cudaError_t GroupNormTyped(const void* x, const void* add, const void* weight,
+                           const void* bias, void* y, int64_t batch, int64_t hw,
+                           int64_t channels, int64_t groups, float eps,
+                           bool silu, void* workspace, cudaStream_t stream) {
+  // Enough blocks to fill the GPU twice over, rows split evenly.
+  const int64_t splits =
+      std::max<int64_t>(1, std::min<int64_t>(hw, (264 + batch - 1) / batch));
+  const int64_t rows_per_split = (hw + splits - 1) / splits;
+  double* partials = static_cast<double*>(workspace);
+  float2* stats = reinterpret_cast<float2*>(partials + batch * 264 * groups * 2);
+  GroupNormStatsKernel<T><<<dim3(static_cast<unsigned>(splits),
+                                 static_cast<unsigned>(batch)),
+                            kThreads, 2 * groups * sizeof(double), stream>>>(
+      static_cast<const T*>(x), static_cast<const T*>(add), hw, channels,
+      groups, rows_per_split, partials);
+  const int64_t bg = batch * groups;
+  GroupNormFinalizeKernel<<<static_cast<unsigned>((bg + 127) / 128), 128, 0,
+                            stream>>>(partials, batch, splits, groups,
+                                      static_cast<double>(hw) *
+                                          (channels / groups),
+                                      eps, stats);
+  const int64_t total_pairs = batch * hw * channels / 2;
+  GroupNormApplyKernel<T><<<GridFor(total_pairs), kThreads, 0, stream>>>(
+      static_cast<const T*>(x), static_cast<const T*>(add),
+      static_cast<const T*>(weight), static_cast<const T*>(bias), stats,
+      static_cast<T*>(y), hw, channels, groups, silu, total_pairs);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+size_t GroupNormWorkspaceBytes(int64_t batch, int64_t groups) {
+  // Partials for up to 264 splits per batch, then the float2 stats.
+  return static_cast<size_t>(batch * 264 * groups * 2) * sizeof(double) +
+         static_cast<size_t>(batch * groups) * sizeof(float2);
+}
+
+cudaError_t LaunchGroupNormNhwc(ElementType type, const void* x,
+                                const void* add, const void* weight,
+                                const void* bias, void* y, int64_t batch,
+                                int64_t hw, int64_t channels, int64_t groups,
+                                float eps, bool silu, void* workspace,
+                                cudaStream_t stream) {
+  switch (type) {
+    case ElementType::kFloat32:
+      return GroupNormTyped<float>(x, add, weight, bias, y, batch, hw,
+                                   channels, groups, eps, silu, workspace,
+                                   stream);
+    case ElementType::kBFloat16:
+      return GroupNormTyped<__nv_bfloat16>(x, add, weight, bias, y, batch, hw,
+                                           channels, groups, eps, silu,
+                                           workspace, stream);
+    case ElementType::kFloat16:
+      return GroupNormTyped<__half>(x, add, weight, bias, y, batch, hw,
+                                    channels, groups, eps, silu, workspace,
+                                    stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t LaunchGeglu(ElementType type, const void* x, void* y, int64_t rows,
+                        int64_t n, cudaStream_t stream) {
+  const int64_t total = rows * n / 2;
+  switch (type) {
+    case ElementType::kFloat32:
+      GegluKernel<float><<<GridFor(total), kThreads, 0, stream>>>(
+          static_cast<const float*>(x), static_cast<float*>(y), rows, n);
+      break;
+    case ElementType::kBFloat16:
+      GegluKernel<__nv_bfloat16><<<GridFor(total), kThreads, 0, stream>>>(
+          static_cast<const __nv_bfloat16*>(x), static_cast<__nv_bfloat16*>(y),
+          rows, n);
+      break;
+    case ElementType::kFloat16:
+      GegluKernel<__half><<<GridFor(total), kThreads, 0, stream>>>(
+          static_cast<const __half*>(x), static_cast<__half*>(y), rows, n);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace lpd::engine::cuda

@@ -1,0 +1,35 @@
+// Launchers of the engine's fused CUDA kernels. Plain CUDA C++ (no LibTorch)
+// so that nvcc compiles them quickly; engine/fused_ops.cc calls them.
+#ifndef LPD_ENGINE_CUDA_FUSED_KERNELS_H_
+#define LPD_ENGINE_CUDA_FUSED_KERNELS_H_
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace lpd::engine::cuda {
+
+enum class ElementType { kFloat32, kBFloat16, kFloat16 };
+
+// Group normalization over a channels-last [B, H·W, C] tensor, with an
+// optional per-(batch, channel) addend applied before normalizing and an
+// optional SiLU after the affine transform:
+//   y = act(((x + add[b, c]) − mean[b, g]) · rstd[b, g] · weight[c] + bias[c])
+// `weight`/`bias` have x's element type; `add` may be null; `workspace`
+// needs GroupNormWorkspaceBytes(B, G). (C / groups) must be even.
+size_t GroupNormWorkspaceBytes(int64_t batch, int64_t groups);
+cudaError_t LaunchGroupNormNhwc(ElementType type, const void* x,
+                                const void* add, const void* weight,
+                                const void* bias, void* y, int64_t batch,
+                                int64_t hw, int64_t channels, int64_t groups,
+                                float eps, bool silu, void* workspace,
+                                cudaStream_t stream);
+
+// GEGLU: x is [rows, 2n] row-major; y[r, i] = x[r, i] · gelu(x[r, n + i])
+// (exact erf GELU).
+cudaError_t LaunchGeglu(ElementType type, const void* x, void* y, int64_t rows,
+                        int64_t n, cudaStream_t stream);
+
+}  // namespace lpd::engine::cuda
+
+#endif  // LPD_ENGINE_CUDA_FUSED_KERNELS_H_

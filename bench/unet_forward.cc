@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -153,6 +154,39 @@ int RunCase(const Case& c, torch::Device device, torch::Dtype dtype,
   return 0;
 }
 
+// Each fused kernel against the plain ops on random bf16 data: the largest
+// difference relative to the output's largest magnitude.
+void CheckKernels(torch::Device device, torch::Dtype dtype) {
+  if (!device.is_cuda() || !lpd::engine::HasFusedCudaKernels()) return;
+  torch::NoGradGuard no_grad;
+  const auto to = torch::TensorOptions().device(device).dtype(dtype);
+  auto compare = [&](const char* name, const std::function<torch::Tensor()>& f) {
+    lpd::engine::SetFusedKernelsEnabled(false);
+    torch::Tensor plain = f().to(torch::kFloat32);
+    lpd::engine::SetFusedKernelsEnabled(true);
+    torch::Tensor fused = f().to(torch::kFloat32);
+    std::printf("  kernel check %-28s max|diff|/max|y| = %.2e\n", name,
+                ((fused - plain).abs().max() / plain.abs().max()).item<double>());
+  };
+  torch::Tensor x = torch::randn({4, 320, 64, 64}, to).contiguous(
+      torch::MemoryFormat::ChannelsLast);
+  torch::Tensor add = torch::randn({4, 320}, to);
+  torch::Tensor w = torch::rand({320}, to) + 0.5, b = torch::randn({320}, to);
+  compare("group_norm+add+silu", [&] {
+    return lpd::engine::GroupNormAct(x, add, 32, w, b, 1e-5, true);
+  });
+  compare("group_norm", [&] {
+    return lpd::engine::GroupNormAct(x, {}, 32, w, b, 1e-6, false);
+  });
+  torch::Tensor t = torch::randn({4, 1024, 640}, to), r = torch::randn({4, 1024, 640}, to);
+  torch::Tensor lw = torch::rand({640}, to) + 0.5, lb = torch::randn({640}, to);
+  compare("add+layer_norm", [&] {
+    return lpd::engine::AddLayerNorm(t, r, lw, lb, 1e-5).second;
+  });
+  torch::Tensor g = torch::randn({4, 1024, 5120}, to);
+  compare("geglu", [&] { return lpd::engine::Geglu(g); });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -186,6 +220,7 @@ int main(int argc, char** argv) {
     torch::set_num_threads(static_cast<int>(*threads));
   }
   at::globalContext().setBenchmarkCuDNN(true);
+  CheckKernels(*device, *dtype);
   const int warmup = static_cast<int>(flags->GetInt("warmup", 5).value_or(5));
   const int iters = static_cast<int>(flags->GetInt("iters", 20).value_or(20));
   const bool channels_last = flags->Get("channels-last", "1") != "0";

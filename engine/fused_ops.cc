@@ -92,6 +92,33 @@ torch::Tensor GroupNormAct(const torch::Tensor& x, const torch::Tensor& add,
   return silu ? at::silu(h) : h;
 }
 
+std::pair<torch::Tensor, torch::Tensor> AddLayerNorm(
+    const torch::Tensor& x, const torch::Tensor& residual,
+    const torch::Tensor& weight, const torch::Tensor& bias, double eps) {
+  const int64_t dim = x.size(-1);
+#ifdef LPD_WITH_CUDA
+  if (UseKernel(x) && x.scalar_type() != torch::kFloat32 && dim % 8 == 0 &&
+      dim <= cuda::kMaxLayerNormDim && x.is_contiguous() &&
+      weight.scalar_type() == x.scalar_type() &&
+      (!residual.defined() ||
+       (residual.is_contiguous() && residual.sizes() == x.sizes() &&
+        residual.scalar_type() == x.scalar_type()))) {
+    torch::Tensor sum = residual.defined() ? torch::empty_like(x) : x;
+    torch::Tensor y = torch::empty_like(x);
+    Check(cuda::LaunchAddLayerNorm(
+              ElementTypeOf(x), x.data_ptr(),
+              residual.defined() ? residual.data_ptr() : nullptr,
+              weight.data_ptr(), bias.data_ptr(), sum.data_ptr(), y.data_ptr(),
+              x.numel() / dim, dim, static_cast<float>(eps),
+              c10::cuda::getCurrentCUDAStream().stream()),
+          "layer norm kernel");
+    return {sum, y};
+  }
+#endif
+  torch::Tensor sum = residual.defined() ? x + residual : x;
+  return {sum, at::layer_norm(sum, {dim}, weight, bias, eps)};
+}
+
 torch::Tensor Geglu(const torch::Tensor& x) {
 #ifdef LPD_WITH_CUDA
   const int64_t n = x.size(-1) / 2;

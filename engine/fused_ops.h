@@ -6,6 +6,7 @@
 #define LPD_ENGINE_FUSED_OPS_H_
 
 #include <cstdint>
+#include <utility>
 
 #include <torch/types.h>
 
@@ -16,6 +17,12 @@ namespace lpd::engine {
 torch::Tensor GroupNormAct(const torch::Tensor& x, const torch::Tensor& add,
                            int64_t groups, const torch::Tensor& weight,
                            const torch::Tensor& bias, double eps, bool silu);
+
+// s = x + residual and layer_norm(s) over the last dimension, in one pass
+// on the GPU. Returns {s, normalized}; without `residual`, s is x.
+std::pair<torch::Tensor, torch::Tensor> AddLayerNorm(
+    const torch::Tensor& x, const torch::Tensor& residual,
+    const torch::Tensor& weight, const torch::Tensor& bias, double eps);
 
 // x [..., 2n] → x[..., :n] · gelu(x[..., n:]) (exact GELU).
 torch::Tensor Geglu(const torch::Tensor& x);

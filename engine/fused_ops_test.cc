@@ -60,3 +60,23 @@ TEST(FusedOpsTest, GradientsFlowThroughThePlainPath) {
 
 }  // namespace
 }  // namespace lpd::engine
+
+namespace lpd::engine {
+namespace {
+
+TEST(FusedOpsTest, AddLayerNormReturnsTheSumAndItsNormalization) {
+  torch::manual_seed(6);
+  torch::Tensor x = torch::randn({2, 5, 16}), r = torch::randn({2, 5, 16});
+  torch::Tensor w = torch::rand({16}) + 0.5, b = torch::randn({16});
+  auto [sum, normed] = AddLayerNorm(x, r, w, b, 1e-5);
+  EXPECT_TRUE(torch::allclose(sum, x + r));
+  EXPECT_TRUE(torch::allclose(normed, torch::layer_norm(x + r, {16}, w, b, 1e-5),
+                              1e-5, 1e-6));
+  auto [same, plain] = AddLayerNorm(x, {}, w, b, 1e-5);
+  EXPECT_TRUE(same.is_same(x));
+  EXPECT_TRUE(torch::allclose(plain, torch::layer_norm(x, {16}, w, b, 1e-5),
+                              1e-5, 1e-6));
+}
+
+}  // namespace
+}  // namespace lpd::engine

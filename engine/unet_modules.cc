@@ -298,12 +298,13 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(
 
 torch::Tensor BasicTransformerBlockImpl::forward(const torch::Tensor& x,
                                                  const torch::Tensor& context) {
-  torch::Tensor h = x;
-  torch::Tensor n = norm1(h);
-  h = attn1(n, n) + h;
-  h = attn2(norm2(h), context) + h;
-  h = ff_out(Geglu(ff_proj(norm3(h)))) + h;
-  return h;
+  // Each residual add is fused with the layer norm that follows it.
+  auto [h, n] = AddLayerNorm(x, {}, norm1->weight, norm1->bias, 1e-5);
+  std::tie(h, n) =
+      AddLayerNorm(attn1(n, n), h, norm2->weight, norm2->bias, 1e-5);
+  std::tie(h, n) =
+      AddLayerNorm(attn2(n, context), h, norm3->weight, norm3->bias, 1e-5);
+  return ff_out(Geglu(ff_proj(n))) + h;
 }
 
 Transformer2DModelImpl::Transformer2DModelImpl(

@@ -156,6 +156,107 @@ __global__ void GegluKernel(const T* __restrict__ x, T* __restrict__ y,
   }
 }
 
+// Eight 16-bit elements of T as one 16-byte word, widened to float.
+template <typename T>
+struct Octet {
+  uint4 raw;
+  __device__ void ToFloat(float* out) const {
+    const auto* v = reinterpret_cast<const typename Pair<T>::Vec*>(&raw);
+    for (int i = 0; i < 4; ++i) {
+      float2 f = Pair<T>::ToFloat(v[i]);
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  }
+  __device__ void FromFloat(const float* in) {
+    auto* v = reinterpret_cast<typename Pair<T>::Vec*>(&raw);
+    for (int i = 0; i < 4; ++i) {
+      v[i] = Pair<T>::FromFloat(make_float2(in[2 * i], in[2 * i + 1]));
+    }
+  }
+};
+
+// One warp per row; each lane holds up to kVecs 8-element vectors in
+// registers, so the row is read once and the variance is exact two-pass.
+template <typename T, int kVecs>
+__global__ void AddLayerNormKernel(const T* __restrict__ x,
+                                   const T* __restrict__ residual,
+                                   const T* __restrict__ weight,
+                                   const T* __restrict__ bias,
+                                   T* __restrict__ sum_out, T* __restrict__ y,
+                                   int64_t rows, int64_t dim, float eps) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int64_t vecs = dim / 8;
+  const uint4* xr = reinterpret_cast<const uint4*>(x + row * dim);
+  const uint4* rr =
+      residual ? reinterpret_cast<const uint4*>(residual + row * dim) : nullptr;
+  float v[kVecs][8];
+  float total = 0.f;
+#pragma unroll
+  for (int k = 0; k < kVecs; ++k) {
+    const int64_t j = lane + 32 * k;
+    if (j < vecs) {
+      Octet<T> o{xr[j]};
+      o.ToFloat(v[k]);
+      if (rr != nullptr) {
+        float r[8];
+        Octet<T>{rr[j]}.ToFloat(r);
+        for (int i = 0; i < 8; ++i) v[k][i] += r[i];
+        Octet<T> s;
+        s.FromFloat(v[k]);
+        reinterpret_cast<uint4*>(sum_out + row * dim)[j] = s.raw;
+      }
+      for (int i = 0; i < 8; ++i) total += v[k][i];
+    }
+  }
+  for (int off = 16; off > 0; off /= 2) total += __shfl_xor_sync(0xffffffff, total, off);
+  const float mean = total / static_cast<float>(dim);
+  float sq = 0.f;
+#pragma unroll
+  for (int k = 0; k < kVecs; ++k) {
+    if (lane + 32 * k < vecs) {
+      for (int i = 0; i < 8; ++i) {
+        const float d = v[k][i] - mean;
+        sq += d * d;
+      }
+    }
+  }
+  for (int off = 16; off > 0; off /= 2) sq += __shfl_xor_sync(0xffffffff, sq, off);
+  const float rstd = rsqrtf(sq / static_cast<float>(dim) + eps);
+  const uint4* wr = reinterpret_cast<const uint4*>(weight);
+  const uint4* br = reinterpret_cast<const uint4*>(bias);
+#pragma unroll
+  for (int k = 0; k < kVecs; ++k) {
+    const int64_t j = lane + 32 * k;
+    if (j < vecs) {
+      float w[8], b[8], out[8];
+      Octet<T>{wr[j]}.ToFloat(w);
+      Octet<T>{br[j]}.ToFloat(b);
+      for (int i = 0; i < 8; ++i) out[i] = (v[k][i] - mean) * rstd * w[i] + b[i];
+      Octet<T> o;
+      o.FromFloat(out);
+      reinterpret_cast<uint4*>(y + row * dim)[j] = o.raw;
+    }
+  }
+}
+
+template <typename T, int kVecs>
+cudaError_t AddLayerNormTyped(const void* x, const void* residual,
+                              const void* weight, const void* bias, void* sum,
+                              void* y, int64_t rows, int64_t dim, float eps,
+                              cudaStream_t stream) {
+  constexpr int kRowsPerBlock = 8;  // 8 warps
+  const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  AddLayerNormKernel<T, kVecs><<<static_cast<unsigned>(blocks),
+                                 32 * kRowsPerBlock, 0, stream>>>(
+      static_cast<const T*>(x), static_cast<const T*>(residual),
+      static_cast<const T*>(weight), static_cast<const T*>(bias),
+      static_cast<T*>(sum), static_cast<T*>(y), rows, dim, eps);
+  return cudaGetLastError();
+}
+
 int GridFor(int64_t work) {
   const int64_t blocks = (work + kThreads - 1) / kThreads;
   return static_cast<int>(std::min<int64_t>(blocks, 132 * 16));
@@ -192,6 +293,29 @@ cudaError_t GroupNormTyped(const void* x, const void* add, const void* weight,
 }
 
 }  // namespace
+
+cudaError_t LaunchAddLayerNorm(ElementType type, const void* x,
+                               const void* residual, const void* weight,
+                               const void* bias, void* sum, void* y,
+                               int64_t rows, int64_t dim, float eps,
+                               cudaStream_t stream) {
+  if (dim % 8 != 0 || dim > kMaxLayerNormDim) return cudaErrorInvalidValue;
+  // Registers per lane: ceil(dim / 8 / 32) vectors of 8 16-bit elements.
+  const int64_t vecs_per_lane = (dim / 8 + 31) / 32;
+  switch (type) {
+    case ElementType::kBFloat16:
+      if (vecs_per_lane <= 2) return AddLayerNormTyped<__nv_bfloat16, 2>(x, residual, weight, bias, sum, y, rows, dim, eps, stream);
+      if (vecs_per_lane <= 4) return AddLayerNormTyped<__nv_bfloat16, 4>(x, residual, weight, bias, sum, y, rows, dim, eps, stream);
+      return AddLayerNormTyped<__nv_bfloat16, 8>(x, residual, weight, bias, sum, y, rows, dim, eps, stream);
+    case ElementType::kFloat16:
+      if (vecs_per_lane <= 2) return AddLayerNormTyped<__half, 2>(x, residual, weight, bias, sum, y, rows, dim, eps, stream);
+      if (vecs_per_lane <= 4) return AddLayerNormTyped<__half, 4>(x, residual, weight, bias, sum, y, rows, dim, eps, stream);
+      return AddLayerNormTyped<__half, 8>(x, residual, weight, bias, sum, y, rows, dim, eps, stream);
+    case ElementType::kFloat32:
+      return cudaErrorInvalidValue;
+  }
+  return cudaErrorInvalidValue;
+}
 
 size_t GroupNormWorkspaceBytes(int64_t batch, int64_t groups) {
   // Partials for up to 264 splits per batch, then the float2 stats.

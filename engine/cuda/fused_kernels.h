@@ -30,6 +30,17 @@ cudaError_t LaunchGroupNormNhwc(ElementType type, const void* x,
 cudaError_t LaunchGeglu(ElementType type, const void* x, void* y, int64_t rows,
                         int64_t n, cudaStream_t stream);
 
+// Layer normalization over the last dimension of [rows, dim] with an optional
+// residual: s = x + residual (written to `sum` when residual is given),
+// y = (s − mean) · rstd · weight + bias. 16-bit types only (bf16, fp16);
+// dim must be a multiple of 8 and at most kMaxLayerNormDim.
+inline constexpr int64_t kMaxLayerNormDim = 2048;
+cudaError_t LaunchAddLayerNorm(ElementType type, const void* x,
+                               const void* residual, const void* weight,
+                               const void* bias, void* sum, void* y,
+                               int64_t rows, int64_t dim, float eps,
+                               cudaStream_t stream);
+
 }  // namespace lpd::engine::cuda
 
 #endif  // LPD_ENGINE_CUDA_FUSED_KERNELS_H_

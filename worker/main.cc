@@ -1,6 +1,7 @@
 // lpd-worker: the GPU worker process. Subcommands wire the engine library:
 //   forward  one forward pass of a model folder on stored inputs
 //   units    the prunable units of a model folder
+//   synth-dataset  a synthetic training set that fits a model folder
 #include <cstdio>
 #include <set>
 #include <string>
@@ -10,9 +11,12 @@
 
 #include "absl/status/status.h"
 #include "common/cli_args.h"
+#include "engine/dataset.h"
 #include "engine/forward_runner.h"
 #include "engine/model_loader.h"
+#include "engine/synthetic_dataset.h"
 #include "engine/unet.h"
+#include "engine/unet_config.h"
 
 namespace {
 
@@ -35,13 +39,29 @@ const std::vector<lpd::FlagSpec> kUnitsFlags = {
      "resnet,transformer_block)"},
 };
 
+const std::vector<lpd::FlagSpec> kSynthDatasetFlags = {
+    {"model", true, false, "model folder (only config.json is read)"},
+    {"samples", true, false, "number of samples"},
+    {"out", true, false, "dataset folder to write (must not hold one yet)"},
+    {"latent-size", false, false,
+     "latent height and width (default: the config's sample_size)"},
+    {"seq-len", false, false,
+     "encoder_hidden_states sequence length (default 77)"},
+    {"shard-size", false, false, "samples per shard (default 256)"},
+    {"seed", false, false, "random seed (default 0)"},
+};
+
 void PrintUsage() {
   std::fprintf(stderr,
                "usage: lpd-worker COMMAND [flags]\n\n"
                "lpd-worker forward --model DIR --inputs FILE --out FILE\n%s\n"
-               "lpd-worker units --model DIR [--granularity KINDS]\n%s",
+               "lpd-worker units --model DIR [--granularity KINDS]\n%s\n"
+               "lpd-worker synth-dataset --model DIR --samples N --out DIR "
+               "[--latent-size S] [--seq-len L] [--shard-size M] [--seed K]\n"
+               "%s",
                lpd::CliArgs::Usage(kForwardFlags).c_str(),
-               lpd::CliArgs::Usage(kUnitsFlags).c_str());
+               lpd::CliArgs::Usage(kUnitsFlags).c_str(),
+               lpd::CliArgs::Usage(kSynthDatasetFlags).c_str());
 }
 
 int Fail(const absl::Status& status) {
@@ -117,6 +137,66 @@ int RunUnitsCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) text += ",";
+    text += std::to_string(shape[i]);
+  }
+  return text + "]";
+}
+
+int RunSynthDatasetCommand(const std::vector<std::string>& args) {
+  auto flags = lpd::CliArgs::Parse(args, kSynthDatasetFlags);
+  if (!flags.ok()) {
+    PrintUsage();
+    return Fail(flags.status());
+  }
+  lpd::engine::SyntheticDatasetOptions options;
+  auto samples = flags->GetInt("samples", 0);
+  if (!samples.ok()) return Fail(samples.status());
+  options.num_samples = *samples;
+  auto latent_size = flags->GetInt("latent-size", 0);
+  if (!latent_size.ok()) return Fail(latent_size.status());
+  options.latent_size = *latent_size;
+  auto seq_len = flags->GetInt("seq-len", options.seq_len);
+  if (!seq_len.ok()) return Fail(seq_len.status());
+  options.seq_len = *seq_len;
+  auto shard_size = flags->GetInt("shard-size", options.shard_size);
+  if (!shard_size.ok()) return Fail(shard_size.status());
+  options.shard_size = *shard_size;
+  auto seed = flags->GetInt("seed", 0);
+  if (!seed.ok()) return Fail(seed.status());
+  options.seed = static_cast<uint64_t>(*seed);
+  if (options.num_samples < 1 || options.latent_size < 0 ||
+      options.seq_len < 1 || options.shard_size < 1) {
+    return Fail(absl::InvalidArgumentError(
+        "--samples, --seq-len and --shard-size must be >= 1, --latent-size "
+        ">= 0"));
+  }
+  auto config = lpd::engine::LoadUNetConfig(flags->Get("model"));
+  if (!config.ok()) return Fail(config.status());
+  const std::string out = flags->Get("out");
+  auto manifest = lpd::engine::WriteSyntheticDataset(*config, options, out);
+  if (!manifest.ok()) return Fail(manifest.status());
+  // Read back what was written, as a training job would.
+  auto dataset = lpd::engine::Dataset::Open(out);
+  if (!dataset.ok()) return Fail(dataset.status());
+  if (absl::Status status = (*dataset)->Validate(*config); !status.ok()) {
+    return Fail(status);
+  }
+  std::printf("wrote %lld samples in %zu shards to %s (vae_scaling_factor "
+              "%g)\n",
+              static_cast<long long>(manifest->num_samples),
+              manifest->shards.size(), out.c_str(),
+              manifest->vae_scaling_factor);
+  for (const auto& [name, info] : manifest->tensors) {
+    std::printf("  %-22s %s %s\n", name.c_str(), ShapeText(info.shape).c_str(),
+                std::string(lpd::engine::DtypeName(info.dtype)).c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -128,6 +208,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 2, argv + argc);
   if (command == "forward") return RunForwardCommand(args);
   if (command == "units") return RunUnitsCommand(args);
+  if (command == "synth-dataset") return RunSynthDatasetCommand(args);
   if (command == "--help" || command == "help") {
     PrintUsage();
     return 0;

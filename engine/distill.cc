@@ -1,0 +1,621 @@
+#include "engine/distill.h"
+
+#include <stdlib.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <system_error>
+#include <utility>
+
+#include <c10/util/C++17.h>
+#include <torch/optim/adamw.h>
+#include <torch/torch.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "engine/tensor_io.h"
+#include "engine/torch_errors.h"
+#include "nlohmann/json.hpp"
+#include "storage/checkpoint_layout.h"
+#include "storage/manifest.h"
+
+namespace lpd::engine {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string ShapeString(torch::IntArrayRef shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
+}
+
+const char* PrecisionName(TrainingPrecision precision) {
+  switch (precision) {
+    case TrainingPrecision::kFloat32:
+      return "float32";
+    case TrainingPrecision::kBFloat16:
+      return "bfloat16";
+    case TrainingPrecision::kBFloat16MasterFloat32:
+      return "bfloat16+fp32-master";
+  }
+  return "?";
+}
+
+// A private local folder for staging checkpoint files, removed on exit.
+class TempDir {
+ public:
+  static absl::StatusOr<TempDir> Make() {
+    std::error_code error;
+    fs::path base = fs::temp_directory_path(error);
+    if (error) base = "/tmp";
+    std::string templ = (base / "lpd-distill-XXXXXX").string();
+    if (mkdtemp(templ.data()) == nullptr) {
+      return absl::InternalError(
+          absl::StrCat("cannot create a temporary folder under ",
+                       base.string()));
+    }
+    return TempDir(templ);
+  }
+  TempDir(TempDir&& other) noexcept : path_(std::move(other.path_)) {
+    other.path_.clear();
+  }
+  TempDir& operator=(TempDir&&) = delete;
+  ~TempDir() {
+    if (path_.empty()) return;
+    std::error_code ignored;
+    fs::remove_all(path_, ignored);
+  }
+  std::string File(absl::string_view name) const {
+    return absl::StrCat(path_, "/", name);
+  }
+
+ private:
+  explicit TempDir(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
+
+std::string StateKey(const torch::Tensor& tensor) {
+  // How LibTorch's optimizers key their per-parameter state.
+  return c10::guts::to_string(tensor.unsafeGetTensorImpl());
+}
+
+}  // namespace
+
+absl::StatusOr<UNet2DConditionModel> MakeStudent(
+    UNet2DConditionModelImpl& teacher,
+    const std::set<std::string>& removed_units,
+    std::optional<torch::TensorOptions> tensor_options) {
+  return GuardTorch(
+      "building the student",
+      [&]() -> absl::StatusOr<UNet2DConditionModel> {
+        auto teacher_params = teacher.named_parameters(/*recurse=*/true);
+        torch::TensorOptions options;
+        if (tensor_options.has_value()) {
+          options = *tensor_options;
+        } else if (teacher_params.size() > 0) {
+          const torch::Tensor& first = teacher_params.values().front();
+          options = torch::TensorOptions()
+                        .dtype(first.scalar_type())
+                        .device(first.device());
+        }
+        ASSIGN_OR_RETURN(auto impl, UNet2DConditionModelImpl::Create(
+                                        UNetOptions{teacher.config(),
+                                                    removed_units, options}));
+        UNet2DConditionModel student(impl);
+        torch::NoGradGuard no_grad;
+        for (auto& item : student->named_parameters(/*recurse=*/true)) {
+          const torch::Tensor* source = teacher_params.find(item.key());
+          if (source == nullptr) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("student parameter ", item.key(),
+                             " has no teacher parameter of that name"));
+          }
+          if (source->sizes() != item.value().sizes()) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "student parameter ", item.key(), " has shape ",
+                ShapeString(item.value().sizes()), ", the teacher's ",
+                ShapeString(source->sizes())));
+          }
+          item.value().copy_(*source);
+        }
+        return student;
+      });
+}
+
+bool IsDistilledFeature(absl::string_view capture_name) {
+  return capture_name == "mid_block" ||
+         absl::StartsWith(capture_name, "down_blocks.") ||
+         absl::StartsWith(capture_name, "up_blocks.");
+}
+
+DistillLossValues LossValues(const DistillLoss& loss) {
+  auto value = [](const torch::Tensor& t) {
+    return t.defined() ? t.detach().to(torch::kDouble).item<double>() : 0.0;
+  };
+  DistillLossValues values;
+  values.total = value(loss.total);
+  values.task = value(loss.task);
+  values.output_kd = value(loss.output_kd);
+  values.feature_kd = value(loss.feature_kd);
+  for (const auto& [name, term] : loss.feature_terms) {
+    values.feature_terms[name] = value(term);
+  }
+  return values;
+}
+
+absl::StatusOr<DistillLoss> ComputeDistillLoss(
+    const torch::Tensor& student_output, const torch::Tensor& teacher_output,
+    const torch::Tensor& target, const BlockOutputs& student_features,
+    const BlockOutputs& teacher_features, const DistillLossOptions& options) {
+  return GuardTorch(
+      "computing the distillation loss", [&]() -> absl::StatusOr<DistillLoss> {
+        if (!student_output.defined() || !teacher_output.defined()) {
+          return absl::InvalidArgumentError(
+              "distillation loss: undefined student or teacher output");
+        }
+        if (student_output.sizes() != teacher_output.sizes()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "distillation loss: student output ",
+              ShapeString(student_output.sizes()), " vs teacher output ",
+              ShapeString(teacher_output.sizes())));
+        }
+        const torch::Tensor s_out = student_output.to(torch::kFloat32);
+        const torch::Tensor t_out =
+            teacher_output.detach().to(torch::kFloat32);
+        DistillLoss loss;
+        if (target.defined()) {
+          if (target.sizes() != student_output.sizes()) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "distillation loss: target ", ShapeString(target.sizes()),
+                " vs output ", ShapeString(student_output.sizes())));
+          }
+          loss.task =
+              torch::mse_loss(s_out, target.detach().to(torch::kFloat32));
+        } else if (options.task_weight != 0) {
+          return absl::InvalidArgumentError(
+              "distillation loss: no target but task_weight != 0");
+        } else {
+          loss.task = torch::zeros({}, s_out.options());
+        }
+        loss.output_kd = torch::mse_loss(s_out, t_out);
+
+        std::vector<torch::Tensor> terms;
+        for (const auto& [name, teacher_feature] : teacher_features) {
+          if (!IsDistilledFeature(name)) continue;
+          auto found = student_features.find(name);
+          if (found == student_features.end() || !found->second.defined()) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "distillation loss: the student has no feature ", name));
+          }
+          if (found->second.sizes() != teacher_feature.sizes()) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "distillation loss: feature ", name, ": student ",
+                ShapeString(found->second.sizes()), " vs teacher ",
+                ShapeString(teacher_feature.sizes())));
+          }
+          const torch::Tensor f_s = found->second.to(torch::kFloat32);
+          const torch::Tensor f_t =
+              teacher_feature.detach().to(torch::kFloat32);
+          torch::Tensor term;
+          if (options.normalize_features) {
+            // ‖F_T‖² is a constant; the clamp only guards an all-zero map.
+            const torch::Tensor denominator =
+                f_t.square().sum().clamp_min(1e-30);
+            term = (f_s - f_t).square().sum() / denominator;
+          } else {
+            term = torch::mse_loss(f_s, f_t);
+          }
+          loss.feature_terms[name] = term;
+          terms.push_back(term);
+        }
+        loss.feature_kd = terms.empty() ? torch::zeros({}, s_out.options())
+                                        : torch::stack(terms).sum();
+        loss.total = options.task_weight * loss.task +
+                     options.output_kd_weight * loss.output_kd +
+                     options.feature_kd_weight * loss.feature_kd;
+        return loss;
+      });
+}
+
+uint64_t BatchSeed(uint64_t seed, int64_t step) {
+  auto mix = [](uint64_t z) {
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  };
+  return mix(mix(seed) ^ static_cast<uint64_t>(step));
+}
+
+DistillTrainer::DistillTrainer(UNet2DConditionModel teacher,
+                               UNet2DConditionModel student,
+                               std::set<std::string> removed,
+                               const DistillTrainerOptions& options)
+    : teacher_(std::move(teacher)),
+      student_(std::move(student)),
+      removed_(std::move(removed)),
+      options_(options) {}
+
+DistillTrainer::~DistillTrainer() = default;
+
+absl::StatusOr<std::unique_ptr<DistillTrainer>> DistillTrainer::Create(
+    UNet2DConditionModel teacher, const std::set<std::string>& removed_units,
+    const DistillTrainerOptions& options) {
+  if (options.learning_rate < 0 || options.weight_decay < 0 ||
+      options.warmup_steps < 0) {
+    return absl::InvalidArgumentError(
+        "distillation: learning_rate, weight_decay and warmup_steps must be "
+        ">= 0");
+  }
+  return GuardTorch(
+      "creating the distillation trainer",
+      [&]() -> absl::StatusOr<std::unique_ptr<DistillTrainer>> {
+        const torch::Dtype dtype =
+            options.precision == TrainingPrecision::kFloat32 ? torch::kFloat32
+                                                             : torch::kBFloat16;
+        ASSIGN_OR_RETURN(
+            UNet2DConditionModel student,
+            MakeStudent(*teacher, removed_units,
+                        torch::TensorOptions().dtype(dtype).device(
+                            options.device)));
+        std::unique_ptr<DistillTrainer> trainer(new DistillTrainer(
+            teacher, student, removed_units, options));
+        trainer->student_dtype_ = dtype;
+        trainer->teacher_dtype_ = torch::kFloat32;
+        for (const auto& item : teacher->named_parameters(true)) {
+          trainer->teacher_dtype_ = item.value().scalar_type();
+          break;
+        }
+        teacher->eval();
+        student->train();
+        for (auto& item : student->named_parameters(/*recurse=*/true)) {
+          trainer->params_.emplace_back(item.key(), item.value());
+        }
+        std::vector<torch::Tensor> optimized;
+        if (options.precision == TrainingPrecision::kBFloat16MasterFloat32) {
+          torch::NoGradGuard no_grad;
+          for (const auto& [name, param] : trainer->params_) {
+            torch::Tensor master =
+                param.detach().to(torch::kFloat32).clone().set_requires_grad(
+                    true);
+            trainer->masters_.push_back(master);
+            optimized.push_back(master);
+          }
+        } else {
+          for (const auto& [name, param] : trainer->params_) {
+            optimized.push_back(param);
+          }
+        }
+        trainer->optimizer_ = std::make_unique<torch::optim::AdamW>(
+            optimized,
+            torch::optim::AdamWOptions(options.learning_rate)
+                .betas(std::make_tuple(options.beta1, options.beta2))
+                .eps(options.eps)
+                .weight_decay(options.weight_decay));
+        return trainer;
+      });
+}
+
+double DistillTrainer::LearningRateAt(int64_t step) const {
+  if (options_.warmup_steps <= 0 || step >= options_.warmup_steps) {
+    return options_.learning_rate;
+  }
+  return options_.learning_rate * static_cast<double>(step + 1) /
+         static_cast<double>(options_.warmup_steps);
+}
+
+UNetInputs DistillTrainer::ToModel(const UNetInputs& in,
+                                   torch::Dtype dtype) const {
+  auto floating = [&](const torch::Tensor& t) {
+    return t.defined() ? t.to(options_.device, dtype) : t;
+  };
+  UNetInputs out;
+  out.sample = floating(in.sample);
+  out.timestep =
+      in.timestep.defined() ? in.timestep.to(options_.device) : in.timestep;
+  out.encoder_hidden_states = floating(in.encoder_hidden_states);
+  out.text_embeds = floating(in.text_embeds);
+  out.time_ids = floating(in.time_ids);
+  return out;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>>
+DistillTrainer::OptimizedTensors() const {
+  if (masters_.empty()) return params_;
+  std::vector<std::pair<std::string, torch::Tensor>> result;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    result.emplace_back(params_[i].first, masters_[i]);
+  }
+  return result;
+}
+
+absl::StatusOr<DistillLoss> DistillTrainer::ComputeLoss(
+    const TrainingBatch& batch) {
+  return GuardTorch(
+      "distillation forward", [&]() -> absl::StatusOr<DistillLoss> {
+        RETURN_IF_ERROR(student_->ValidateInputs(batch.noised));
+        BlockOutputs teacher_features, student_features;
+        torch::Tensor teacher_out;
+        {
+          torch::NoGradGuard no_grad;
+          teacher_out = teacher_->forward(ToModel(batch.noised, teacher_dtype_),
+                                          {}, &teacher_features);
+        }
+        torch::Tensor student_out = student_->forward(
+            ToModel(batch.noised, student_dtype_), {}, &student_features);
+        torch::Tensor target =
+            batch.target.defined() ? batch.target.to(options_.device)
+                                   : batch.target;
+        return ComputeDistillLoss(student_out, teacher_out, target,
+                                  student_features, teacher_features,
+                                  options_.loss);
+      });
+}
+
+absl::StatusOr<StepReport> DistillTrainer::Step(const TrainingBatch& batch) {
+  const auto start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(DistillLoss loss, ComputeLoss(batch));
+  return GuardTorch(
+      "distillation step", [&]() -> absl::StatusOr<StepReport> {
+        StepReport report;
+        report.step = step_;
+        report.loss = LossValues(loss);
+        if (!std::isfinite(report.loss.total)) {
+          return absl::InternalError(absl::StrCat(
+              "distillation: non-finite loss at step ", step_));
+        }
+        report.learning_rate = LearningRateAt(step_);
+        for (auto& group : optimizer_->param_groups()) {
+          group.options().set_lr(report.learning_rate);
+        }
+        optimizer_->zero_grad();
+        for (auto& [name, param] : params_) {
+          if (param.grad().defined()) param.mutable_grad().zero_();
+        }
+        loss.total.backward();
+
+        std::vector<torch::Tensor> grads;
+        {
+          torch::NoGradGuard no_grad;
+          for (size_t i = 0; i < params_.size(); ++i) {
+            const torch::Tensor& param = params_[i].second;
+            if (!param.grad().defined()) continue;
+            if (!masters_.empty()) {
+              masters_[i].mutable_grad() = param.grad().to(torch::kFloat32);
+              grads.push_back(masters_[i].grad());
+            } else {
+              grads.push_back(param.grad());
+            }
+          }
+          double sum_sq = 0;
+          for (const torch::Tensor& g : grads) {
+            sum_sq += g.to(torch::kFloat64).square().sum().item<double>();
+          }
+          report.grad_norm = std::sqrt(sum_sq);
+          if (!std::isfinite(report.grad_norm)) {
+            return absl::InternalError(absl::StrCat(
+                "distillation: non-finite gradient norm at step ", step_));
+          }
+          if (options_.max_grad_norm > 0 &&
+              report.grad_norm > options_.max_grad_norm) {
+            const double scale =
+                options_.max_grad_norm / (report.grad_norm + 1e-6);
+            for (torch::Tensor& g : grads) g.mul_(scale);
+          }
+        }
+        optimizer_->step();
+        if (!masters_.empty()) {
+          torch::NoGradGuard no_grad;
+          for (size_t i = 0; i < params_.size(); ++i) {
+            params_[i].second.copy_(masters_[i]);
+          }
+        }
+        ++step_;
+        report.seconds = std::chrono::duration<double>(
+                             std::chrono::steady_clock::now() - start)
+                             .count();
+        return report;
+      });
+}
+
+absl::Status DistillTrainer::Train(int64_t end_step,
+                                   const BatchSource& batches,
+                                   const ProgressCallback& progress,
+                                   const CheckpointTarget& checkpoints) {
+  int64_t saved_at = -1;
+  while (step_ < end_step) {
+    const auto start = std::chrono::steady_clock::now();
+    ASSIGN_OR_RETURN(TrainingBatch batch, batches(step_));
+    ASSIGN_OR_RETURN(StepReport report, Step(batch));
+    report.seconds = std::chrono::duration<double>(
+                         std::chrono::steady_clock::now() - start)
+                         .count();
+    if (progress) RETURN_IF_ERROR(progress(report));
+    if (checkpoints.store != nullptr && checkpoints.every_steps > 0 &&
+        step_ % checkpoints.every_steps == 0) {
+      RETURN_IF_ERROR(SaveCheckpoint(*checkpoints.store, checkpoints.prefix));
+      saved_at = step_;
+    }
+  }
+  if (checkpoints.store != nullptr && saved_at != step_) {
+    RETURN_IF_ERROR(SaveCheckpoint(*checkpoints.store, checkpoints.prefix));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DistillTrainer::SaveCheckpoint(storage::ObjectStore& store,
+                                            absl::string_view prefix) {
+  ASSIGN_OR_RETURN(TempDir temp, TempDir::Make());
+  const std::string dir =
+      storage::JoinKey({prefix, storage::CheckpointDir(step_)});
+  storage::Manifest manifest;
+  const std::map<std::string, std::string> metadata = {
+      {"format", "pt"}, {"step", absl::StrCat(step_)}};
+
+  // Student weights (the fp32 masters in master mode, so a resumed run is
+  // exact).
+  RETURN_IF_ERROR(GuardTorch("saving the student", [&]() -> absl::Status {
+    std::map<std::string, torch::Tensor> weights;
+    for (const auto& [name, tensor] : OptimizedTensors()) {
+      weights[name] = tensor.detach();
+    }
+    return WriteTensors(temp.File(kStudentWeightsName), weights, metadata);
+  }));
+  RETURN_IF_ERROR(storage::PutFileWithManifest(
+      store, dir, kStudentWeightsName, temp.File(kStudentWeightsName),
+      manifest));
+
+  // AdamW state.
+  RETURN_IF_ERROR(GuardTorch("saving the optimizer", [&]() -> absl::Status {
+    std::map<std::string, torch::Tensor> state;
+    auto& states = optimizer_->state();
+    for (const auto& [name, tensor] : OptimizedTensors()) {
+      auto found = states.find(StateKey(tensor));
+      if (found == states.end()) continue;
+      const auto& s =
+          static_cast<const torch::optim::AdamWParamState&>(*found->second);
+      state[absl::StrCat("opt.", name, ".step")] =
+          torch::full({1}, s.step(), torch::kInt64);
+      state[absl::StrCat("opt.", name, ".exp_avg")] = s.exp_avg().detach();
+      state[absl::StrCat("opt.", name, ".exp_avg_sq")] =
+          s.exp_avg_sq().detach();
+    }
+    return WriteTensors(temp.File(kOptimizerStateName), state, metadata);
+  }));
+  RETURN_IF_ERROR(storage::PutFileWithManifest(
+      store, dir, kOptimizerStateName, temp.File(kOptimizerStateName),
+      manifest));
+
+  nlohmann::json trainer = {
+      {"version", 1},
+      {"step", step_},
+      {"removed_units",
+       std::vector<std::string>(removed_.begin(), removed_.end())},
+      {"precision", PrecisionName(options_.precision)},
+      {"seed", options_.seed},
+      // The trainer draws no random numbers: batches are keyed by step.
+      {"rng", nullptr},
+      {"learning_rate", options_.learning_rate},
+      {"warmup_steps", options_.warmup_steps},
+      {"weight_decay", options_.weight_decay},
+      {"max_grad_norm", options_.max_grad_norm},
+      {"loss",
+       {{"task_weight", options_.loss.task_weight},
+        {"output_kd_weight", options_.loss.output_kd_weight},
+        {"feature_kd_weight", options_.loss.feature_kd_weight},
+        {"normalize_features", options_.loss.normalize_features}}},
+  };
+  RETURN_IF_ERROR(storage::PutWithManifest(store, dir, kTrainerStateName,
+                                           trainer.dump(2), manifest));
+  return storage::CommitCheckpoint(store, step_, manifest, prefix);
+}
+
+absl::StatusOr<std::optional<int64_t>> DistillTrainer::Resume(
+    const storage::ObjectStore& store, absl::string_view prefix) {
+  ASSIGN_OR_RETURN(std::optional<int64_t> latest,
+                   storage::ReadLatestCheckpoint(store, prefix));
+  if (!latest.has_value()) return std::optional<int64_t>();
+  const std::string dir =
+      storage::JoinKey({prefix, storage::CheckpointDir(*latest)});
+  ASSIGN_OR_RETURN(storage::Manifest manifest,
+                   storage::ReadManifest(store, dir));
+
+  ASSIGN_OR_RETURN(std::string trainer_text,
+                   storage::VerifiedGet(store, dir, manifest,
+                                        kTrainerStateName));
+  nlohmann::json trainer =
+      nlohmann::json::parse(trainer_text, nullptr, /*allow_exceptions=*/false);
+  const std::string where = store.UriOf(dir);
+  if (trainer.is_discarded() || !trainer.is_object() ||
+      !trainer.contains("step") || !trainer["step"].is_number_integer() ||
+      !trainer.contains("removed_units") ||
+      !trainer["removed_units"].is_array()) {
+    return absl::DataLossError(
+        absl::StrCat(where, kTrainerStateName, ": malformed trainer state"));
+  }
+  std::set<std::string> removed;
+  for (const auto& id : trainer["removed_units"]) {
+    if (!id.is_string()) {
+      return absl::DataLossError(absl::StrCat(
+          where, kTrainerStateName, ": malformed removed_units"));
+    }
+    removed.insert(id.get<std::string>());
+  }
+  if (removed != removed_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint ", where, " removes {", absl::StrJoin(removed, ", "),
+        "}, this trainer {", absl::StrJoin(removed_, ", "), "}"));
+  }
+  const std::string precision = trainer.value("precision", std::string());
+  if (precision != PrecisionName(options_.precision)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("checkpoint ", where, " was written in precision \"",
+                     precision, "\", this trainer uses \"",
+                     PrecisionName(options_.precision), "\""));
+  }
+  const int64_t step = trainer["step"].get<int64_t>();
+
+  ASSIGN_OR_RETURN(TempDir temp, TempDir::Make());
+  RETURN_IF_ERROR(storage::VerifiedGetToFile(store, dir, manifest,
+                                             kStudentWeightsName,
+                                             temp.File(kStudentWeightsName)));
+  RETURN_IF_ERROR(storage::VerifiedGetToFile(store, dir, manifest,
+                                             kOptimizerStateName,
+                                             temp.File(kOptimizerStateName)));
+  ASSIGN_OR_RETURN(auto weights, ReadAllTensors(temp.File(kStudentWeightsName),
+                                                options_.device));
+  ASSIGN_OR_RETURN(auto opt_state,
+                   ReadAllTensors(temp.File(kOptimizerStateName),
+                                  options_.device));
+
+  RETURN_IF_ERROR(GuardTorch("restoring the checkpoint", [&]() -> absl::Status {
+    const auto optimized = OptimizedTensors();
+    // Check everything before changing anything.
+    for (const auto& [name, tensor] : optimized) {
+      auto found = weights.find(name);
+      if (found == weights.end() || found->second.sizes() != tensor.sizes()) {
+        return absl::DataLossError(absl::StrCat(
+            where, kStudentWeightsName, ": missing or mis-shaped ", name));
+      }
+    }
+    if (weights.size() != optimized.size()) {
+      return absl::DataLossError(
+          absl::StrCat(where, kStudentWeightsName, ": holds ", weights.size(),
+                       " tensors, the student ", optimized.size()));
+    }
+    torch::NoGradGuard no_grad;
+    auto& states = optimizer_->state();
+    states.clear();
+    for (const auto& [name, tensor] : optimized) {
+      torch::Tensor t = tensor;
+      t.copy_(weights.at(name));
+      auto step_it = opt_state.find(absl::StrCat("opt.", name, ".step"));
+      if (step_it == opt_state.end()) continue;  // no state yet
+      auto avg = opt_state.find(absl::StrCat("opt.", name, ".exp_avg"));
+      auto avg_sq = opt_state.find(absl::StrCat("opt.", name, ".exp_avg_sq"));
+      if (avg == opt_state.end() || avg_sq == opt_state.end() ||
+          avg->second.sizes() != tensor.sizes() ||
+          avg_sq->second.sizes() != tensor.sizes()) {
+        return absl::DataLossError(absl::StrCat(
+            where, kOptimizerStateName, ": incomplete state of ", name));
+      }
+      auto state = std::make_unique<torch::optim::AdamWParamState>();
+      state->step(step_it->second.to(torch::kCPU).item<int64_t>());
+      state->exp_avg(avg->second.to(tensor.dtype()).contiguous());
+      state->exp_avg_sq(avg_sq->second.to(tensor.dtype()).contiguous());
+      states[StateKey(tensor)] = std::move(state);
+    }
+    if (!masters_.empty()) {
+      for (size_t i = 0; i < params_.size(); ++i) {
+        params_[i].second.copy_(masters_[i]);
+      }
+    }
+    return absl::OkStatus();
+  }));
+  step_ = step;
+  return std::optional<int64_t>(step);
+}
+
+}  // namespace lpd::engine

@@ -1,0 +1,228 @@
+// Distillation of a pruned student from its teacher (DESIGN §4.5): the
+// student is the teacher with the plan's units removed, initialized from the
+// teacher's weights, and trained with
+//
+//   L = w_task·mse(ε_S, target) + w_out·mse(ε_S, ε_T)
+//       + w_feat·Σ_l ‖F_S^l − F_T^l‖² / ‖F_T^l‖²
+//
+// over the outputs of every down block, the mid block and every up block
+// (LAPTOP-Diff's normalized feature loss; with normalize_features false the
+// per-block term is the plain mean squared error, the BK-SDM loss).
+//
+// The trainer draws no random numbers itself: batches come from a callback
+// keyed by the step, so a run resumed from a checkpoint (student weights,
+// AdamW state, step) continues exactly as the uninterrupted run would.
+#ifndef LPD_ENGINE_DISTILL_H_
+#define LPD_ENGINE_DISTILL_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "engine/unet.h"
+#include "storage/object_store.h"
+
+namespace torch::optim {
+class AdamW;
+}  // namespace torch::optim
+
+namespace lpd::engine {
+
+// Builds the student: a model of the teacher's config without
+// `removed_units`, every parameter copied from the teacher's parameter of
+// the same name (converted to `tensor_options`' dtype and device; by default
+// the teacher's). Errors for unknown or non-removable units and for a
+// student parameter the teacher lacks or holds with another shape.
+absl::StatusOr<UNet2DConditionModel> MakeStudent(
+    UNet2DConditionModelImpl& teacher,
+    const std::set<std::string>& removed_units,
+    std::optional<torch::TensorOptions> tensor_options = std::nullopt);
+
+struct DistillLossOptions {
+  double task_weight = 1.0;        // w_task
+  double output_kd_weight = 1.0;   // w_out
+  double feature_kd_weight = 1.0;  // w_feat
+  // LAPTOP-Diff's ‖F_S − F_T‖² / ‖F_T‖² per block when true, the mean
+  // squared error (BK-SDM) when false.
+  bool normalize_features = true;
+};
+
+// Whether a block-output capture takes part in the feature loss: every
+// "down_blocks.N", "mid_block" and "up_blocks.N" (not "conv_in").
+bool IsDistilledFeature(absl::string_view capture_name);
+
+// The loss and its parts. `total` carries the graph; the parts are
+// unweighted scalars (float32) also carrying the graph, for tests and logs.
+struct DistillLoss {
+  torch::Tensor total;
+  torch::Tensor task;        // mse(ε_S, target)
+  torch::Tensor output_kd;   // mse(ε_S, ε_T)
+  torch::Tensor feature_kd;  // Σ_l term_l
+  std::map<std::string, torch::Tensor> feature_terms;  // by capture name
+};
+
+// The same as plain numbers, for progress reports.
+struct DistillLossValues {
+  double total = 0, task = 0, output_kd = 0, feature_kd = 0;
+  std::map<std::string, double> feature_terms;
+};
+DistillLossValues LossValues(const DistillLoss& loss);
+
+// The loss of DESIGN §4.5, computed in float32 whatever the inputs' dtype.
+// The feature terms run over the teacher's distilled captures
+// (IsDistilledFeature); each must exist in `student_features` with the
+// teacher's shape (else InvalidArgument). The teacher's tensors are treated
+// as constants (detached). `target` may be undefined when task_weight is 0.
+absl::StatusOr<DistillLoss> ComputeDistillLoss(
+    const torch::Tensor& student_output, const torch::Tensor& teacher_output,
+    const torch::Tensor& target, const BlockOutputs& student_features,
+    const BlockOutputs& teacher_features, const DistillLossOptions& options);
+
+// One training batch: the noised inputs (x_t, t, text states ...) and the
+// task target (ε or v, as the model's prediction type says).
+struct TrainingBatch {
+  UNetInputs noised;
+  torch::Tensor target;
+};
+// Must return the same batch for the same step (all randomness keyed by the
+// step, e.g. with BatchSeed): resuming relies on it.
+using BatchSource = std::function<absl::StatusOr<TrainingBatch>(int64_t step)>;
+
+// A seed for `step`'s batch derived from the run's seed (SplitMix64 of both),
+// so a batch source can draw step-keyed random numbers.
+uint64_t BatchSeed(uint64_t seed, int64_t step);
+
+// How the student is held while training.
+enum class TrainingPrecision {
+  kFloat32,  // fp32 weights and optimizer state (the CPU setting; tested)
+  kBFloat16,  // bf16 weights and AdamW state (the GPU default; untested here)
+  // bf16 model, fp32 master weights and AdamW state (untested here)
+  kBFloat16MasterFloat32,
+};
+
+struct DistillTrainerOptions {
+  DistillLossOptions loss;
+  double learning_rate = 1e-4;  // peak
+  // Linear warmup from lr/warmup_steps to lr over the first warmup_steps
+  // steps (0: none).
+  int64_t warmup_steps = 0;
+  double weight_decay = 1e-2;  // AdamW's decoupled decay
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  // Clip gradients to this global L2 norm (<= 0: no clipping).
+  double max_grad_norm = 1.0;
+  TrainingPrecision precision = TrainingPrecision::kFloat32;
+  torch::Device device = torch::kCPU;
+  // The run's seed. The trainer itself draws no random numbers; it records
+  // the seed in checkpoints and batch sources derive theirs from it
+  // (BatchSeed).
+  uint64_t seed = 0;
+};
+
+// What a progress callback receives after each step.
+struct StepReport {
+  int64_t step = 0;  // the step just taken (0-based)
+  DistillLossValues loss;
+  double learning_rate = 0;
+  double grad_norm = 0;  // before clipping
+  double seconds = 0;    // wall time of the step, batch included
+};
+// A non-OK status stops training with that status.
+using ProgressCallback = std::function<absl::Status(const StepReport&)>;
+
+// Where and how often Train writes checkpoints: every `every_steps` steps
+// (0: only at the end) and after the last step, into
+// `prefix`checkpoints/step-N/ of `store` (LATEST written last).
+struct CheckpointTarget {
+  storage::ObjectStore* store = nullptr;  // nullptr: no checkpoints
+  std::string prefix;                     // "" or ending in '/'
+  int64_t every_steps = 0;
+};
+
+// Names of a checkpoint's objects.
+inline constexpr absl::string_view kStudentWeightsName = "student.safetensors";
+inline constexpr absl::string_view kOptimizerStateName =
+    "optimizer.safetensors";
+inline constexpr absl::string_view kTrainerStateName = "trainer.json";
+
+class DistillTrainer {
+ public:
+  // Builds the student from `teacher` (which is only read, never trained),
+  // on options.device in the precision's dtype, and its AdamW optimizer. The
+  // teacher must already be on options.device.
+  static absl::StatusOr<std::unique_ptr<DistillTrainer>> Create(
+      UNet2DConditionModel teacher, const std::set<std::string>& removed_units,
+      const DistillTrainerOptions& options);
+  ~DistillTrainer();
+
+  // The loss of `batch` for the current student, with its graph (the
+  // teacher's forward runs without one). For tests and evaluation.
+  absl::StatusOr<DistillLoss> ComputeLoss(const TrainingBatch& batch);
+
+  // One optimizer step on `batch`; advances step() by one. Gradients are
+  // left in the student's parameters.
+  absl::StatusOr<StepReport> Step(const TrainingBatch& batch);
+
+  // Steps from step() until `end_step` with batches(step), reporting each
+  // step, writing checkpoints as `checkpoints` says.
+  absl::Status Train(int64_t end_step, const BatchSource& batches,
+                     const ProgressCallback& progress = nullptr,
+                     const CheckpointTarget& checkpoints = {});
+
+  // Writes the checkpoint of the current step: student weights, AdamW state
+  // (opt.<param>.exp_avg / .exp_avg_sq / .step) and trainer.json, then
+  // commits it (manifest, then checkpoints/LATEST).
+  absl::Status SaveCheckpoint(storage::ObjectStore& store,
+                              absl::string_view prefix = "");
+
+  // Loads the newest complete checkpoint under `prefix` (checks its
+  // objects' SHA-256) and continues from its step. Returns that step, or
+  // nullopt (nothing changed) when there is none. FailedPrecondition when it
+  // was written for another set of removed units or another precision.
+  absl::StatusOr<std::optional<int64_t>> Resume(
+      const storage::ObjectStore& store, absl::string_view prefix = "");
+
+  // The number of steps taken (the next step's index).
+  int64_t step() const { return step_; }
+  // The learning rate of `step` (warmup included).
+  double LearningRateAt(int64_t step) const;
+
+  UNet2DConditionModel student() const { return student_; }
+  UNet2DConditionModel teacher() const { return teacher_; }
+  const DistillTrainerOptions& options() const { return options_; }
+  const std::set<std::string>& removed_units() const { return removed_; }
+
+ private:
+  DistillTrainer(UNet2DConditionModel teacher, UNet2DConditionModel student,
+                 std::set<std::string> removed,
+                 const DistillTrainerOptions& options);
+  UNetInputs ToModel(const UNetInputs& inputs, torch::Dtype dtype) const;
+  // The tensors the optimizer updates (the master copies, or the student's
+  // own parameters), by parameter name.
+  std::vector<std::pair<std::string, torch::Tensor>> OptimizedTensors() const;
+
+  UNet2DConditionModel teacher_;
+  UNet2DConditionModel student_;
+  std::set<std::string> removed_;
+  DistillTrainerOptions options_;
+  torch::Dtype teacher_dtype_;
+  torch::Dtype student_dtype_;
+  // Student parameters by name, and their fp32 masters (master mode only).
+  std::vector<std::pair<std::string, torch::Tensor>> params_;
+  std::vector<torch::Tensor> masters_;
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  int64_t step_ = 0;
+};
+
+}  // namespace lpd::engine
+
+#endif  // LPD_ENGINE_DISTILL_H_

@@ -7,6 +7,9 @@
 //                [--mode plain|eager|graph|all] [--channels-last 0|1]
 // Modes: plain = eager with LibTorch ops only; eager = with the engine's
 // fused kernels; graph = fused kernels replayed from a CUDA graph.
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -15,9 +18,6 @@
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <torch/cuda.h>
-#include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/cli_args.h"
@@ -74,12 +74,14 @@ int RunCase(const Case& c, torch::Device device, torch::Dtype dtype,
   if (channels_last) {
     torch::NoGradGuard no_grad;
     for (auto& p : model->parameters()) {
-      if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+      if (p.dim() == 4)
+        p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
     }
   }
   const auto to = torch::TensorOptions().device(device).dtype(dtype);
   UNetInputs inputs;
-  inputs.sample = torch::randn({c.batch, config->in_channels, c.size, c.size}, to);
+  inputs.sample =
+      torch::randn({c.batch, config->in_channels, c.size, c.size}, to);
   if (channels_last) {
     inputs.sample = inputs.sample.contiguous(torch::MemoryFormat::ChannelsLast);
   }
@@ -88,10 +90,10 @@ int RunCase(const Case& c, torch::Device device, torch::Dtype dtype,
       torch::randn({c.batch, 77, config->cross_attention_dim}, to);
   if (config->text_time_embedding) {
     const int64_t k = 6;
-    inputs.text_embeds = torch::randn(
-        {c.batch, config->projection_class_embeddings_input_dim -
-                      k * config->addition_time_embed_dim},
-        to);
+    inputs.text_embeds =
+        torch::randn({c.batch, config->projection_class_embeddings_input_dim -
+                                   k * config->addition_time_embed_dim},
+                     to);
     inputs.time_ids = torch::full({c.batch, k}, 1024.0, to);
   }
 
@@ -99,23 +101,24 @@ int RunCase(const Case& c, torch::Device device, torch::Dtype dtype,
   lpd::engine::FlopCounter::Start();
   model->forward(inputs);
   const double flops = static_cast<double>(lpd::engine::FlopCounter::Stop());
-  std::printf("%s: batch %ld, %ldx%ld latents, %s, %.3f G parameters, "
-              "%.2f TFLOP per forward\n",
-              c.name.c_str(), static_cast<long>(c.batch),
-              static_cast<long>(c.size), static_cast<long>(c.size),
-              torch::toString(dtype), model->NumParameters() / 1e9,
-              flops / 1e12);
+  std::printf(
+      "%s: batch %ld, %ldx%ld latents, %s, %.3f G parameters, "
+      "%.2f TFLOP per forward\n",
+      c.name.c_str(), static_cast<long>(c.batch), static_cast<long>(c.size),
+      static_cast<long>(c.size), torch::toString(dtype),
+      model->NumParameters() / 1e9, flops / 1e12);
 
   // The fused kernels against the plain ops, on the whole model.
   lpd::engine::SetFusedKernelsEnabled(false);
   torch::Tensor plain = model->forward(inputs).to(torch::kFloat32);
   lpd::engine::SetFusedKernelsEnabled(true);
   torch::Tensor fused = model->forward(inputs).to(torch::kFloat32);
-  std::printf("  fused vs plain ops: max |diff| %.3e, output max |y| %.3e, "
-              "relative L2 %.3e\n",
-              (fused - plain).abs().max().item<double>(),
-              plain.abs().max().item<double>(),
-              ((fused - plain).norm() / plain.norm()).item<double>());
+  std::printf(
+      "  fused vs plain ops: max |diff| %.3e, output max |y| %.3e, "
+      "relative L2 %.3e\n",
+      (fused - plain).abs().max().item<double>(),
+      plain.abs().max().item<double>(),
+      ((fused - plain).norm() / plain.norm()).item<double>());
 
   for (const std::string m : {"plain", "eager", "graph"}) {
     if (mode != "all" && mode != m) continue;
@@ -141,14 +144,16 @@ int RunCase(const Case& c, torch::Device device, torch::Dtype dtype,
         std::fprintf(stderr, "%s\n", out.status().ToString().c_str());
         return 1;
       }
-      ms.push_back(std::chrono::duration<double, std::milli>(end - start).count());
+      ms.push_back(
+          std::chrono::duration<double, std::milli>(end - start).count());
     }
     const double median = MedianMs(ms);
-    std::printf("  %-5s channels_last=%d: median %.2f ms (min %.2f) over %d "
-                "runs, %.1f TFLOP/s\n",
-                m.c_str(), channels_last ? 1 : 0, median,
-                *std::min_element(ms.begin(), ms.end()), iters,
-                flops / (median / 1e3) / 1e12);
+    std::printf(
+        "  %-5s channels_last=%d: median %.2f ms (min %.2f) over %d "
+        "runs, %.1f TFLOP/s\n",
+        m.c_str(), channels_last ? 1 : 0, median,
+        *std::min_element(ms.begin(), ms.end()), iters,
+        flops / (median / 1e3) / 1e12);
   }
   lpd::engine::SetFusedKernelsEnabled(true);
   return 0;
@@ -160,16 +165,18 @@ void CheckKernels(torch::Device device, torch::Dtype dtype) {
   if (!device.is_cuda() || !lpd::engine::HasFusedCudaKernels()) return;
   torch::NoGradGuard no_grad;
   const auto to = torch::TensorOptions().device(device).dtype(dtype);
-  auto compare = [&](const char* name, const std::function<torch::Tensor()>& f) {
+  auto compare = [&](const char* name,
+                     const std::function<torch::Tensor()>& f) {
     lpd::engine::SetFusedKernelsEnabled(false);
     torch::Tensor plain = f().to(torch::kFloat32);
     lpd::engine::SetFusedKernelsEnabled(true);
     torch::Tensor fused = f().to(torch::kFloat32);
-    std::printf("  kernel check %-28s max|diff|/max|y| = %.2e\n", name,
-                ((fused - plain).abs().max() / plain.abs().max()).item<double>());
+    std::printf(
+        "  kernel check %-28s max|diff|/max|y| = %.2e\n", name,
+        ((fused - plain).abs().max() / plain.abs().max()).item<double>());
   };
-  torch::Tensor x = torch::randn({4, 320, 64, 64}, to).contiguous(
-      torch::MemoryFormat::ChannelsLast);
+  torch::Tensor x = torch::randn({4, 320, 64, 64}, to)
+                        .contiguous(torch::MemoryFormat::ChannelsLast);
   torch::Tensor add = torch::randn({4, 320}, to);
   torch::Tensor w = torch::rand({320}, to) + 0.5, b = torch::randn({320}, to);
   compare("group_norm+add+silu", [&] {
@@ -178,11 +185,11 @@ void CheckKernels(torch::Device device, torch::Dtype dtype) {
   compare("group_norm", [&] {
     return lpd::engine::GroupNormAct(x, {}, 32, w, b, 1e-6, false);
   });
-  torch::Tensor t = torch::randn({4, 1024, 640}, to), r = torch::randn({4, 1024, 640}, to);
+  torch::Tensor t = torch::randn({4, 1024, 640}, to),
+                r = torch::randn({4, 1024, 640}, to);
   torch::Tensor lw = torch::rand({640}, to) + 0.5, lb = torch::randn({640}, to);
-  compare("add+layer_norm", [&] {
-    return lpd::engine::AddLayerNorm(t, r, lw, lb, 1e-5).second;
-  });
+  compare("add+layer_norm",
+          [&] { return lpd::engine::AddLayerNorm(t, r, lw, lb, 1e-5).second; });
   torch::Tensor g = torch::randn({4, 1024, 5120}, to);
   compare("geglu", [&] { return lpd::engine::Geglu(g); });
 }
@@ -202,7 +209,8 @@ int main(int argc, char** argv) {
       {"iters", false, false, "timed runs (default 20)"},
       {"threads", false, false, "CPU threads"},
   };
-  auto flags = lpd::CliArgs::Parse(std::vector<std::string>(argv + 1, argv + argc), specs);
+  auto flags = lpd::CliArgs::Parse(
+      std::vector<std::string>(argv + 1, argv + argc), specs);
   if (!flags.ok()) {
     std::fprintf(stderr, "%s\n%s", flags.status().ToString().c_str(),
                  lpd::CliArgs::Usage(specs).c_str());
@@ -212,11 +220,13 @@ int main(int argc, char** argv) {
       flags->Get("device", torch::cuda::is_available() ? "cuda" : "cpu"));
   auto dtype = lpd::engine::ParseTorchDtype(flags->Get("dtype", "bf16"));
   if (!device.ok() || !dtype.ok()) {
-    std::fprintf(stderr, "%s\n",
-                 (!device.ok() ? device.status() : dtype.status()).ToString().c_str());
+    std::fprintf(
+        stderr, "%s\n",
+        (!device.ok() ? device.status() : dtype.status()).ToString().c_str());
     return 2;
   }
-  if (auto threads = flags->GetInt("threads", 0); threads.ok() && *threads > 0) {
+  if (auto threads = flags->GetInt("threads", 0);
+      threads.ok() && *threads > 0) {
     torch::set_num_threads(static_cast<int>(*threads));
   }
   at::globalContext().setBenchmarkCuDNN(true);

@@ -6,6 +6,10 @@
 //  3. the attention kernels LibTorch offers for the same shapes.
 //
 //   unet_profile [--case sd15|sdxl] [--device cuda] [--dtype bf16]
+#include <torch/cuda.h>
+#include <torch/torch.h>
+#include <torch/version.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -15,10 +19,6 @@
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <torch/cuda.h>
-#include <torch/torch.h>
-#include <torch/version.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/cli_args.h"
@@ -73,18 +73,21 @@ void ProfileSteps(const std::string& file, int64_t batch, int64_t size,
   UNet2DConditionModel model(*impl);
   model->RandomizeParameters(1);
   for (auto& p : model->parameters()) {
-    if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+    if (p.dim() == 4)
+      p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
   }
   const UNetConfig& cfg = options.config;
   UNetInputs in;
-  in.sample = torch::randn({batch, 4, size, size}, to).contiguous(
-      torch::MemoryFormat::ChannelsLast);
+  in.sample = torch::randn({batch, 4, size, size}, to)
+                  .contiguous(torch::MemoryFormat::ChannelsLast);
   in.timestep = torch::full({batch}, 500, to.dtype(torch::kInt64));
-  in.encoder_hidden_states = torch::randn({batch, 77, cfg.cross_attention_dim}, to);
+  in.encoder_hidden_states =
+      torch::randn({batch, 77, cfg.cross_attention_dim}, to);
   if (cfg.text_time_embedding) {
-    in.text_embeds = torch::randn(
-        {batch, cfg.projection_class_embeddings_input_dim -
-                    6 * cfg.addition_time_embed_dim}, to);
+    in.text_embeds =
+        torch::randn({batch, cfg.projection_class_embeddings_input_dim -
+                                 6 * cfg.addition_time_embed_dim},
+                     to);
     in.time_ids = torch::full({batch, 6}, 1024.0, to);
   }
   torch::NoGradGuard no_grad;
@@ -102,21 +105,23 @@ void ProfileSteps(const std::string& file, int64_t batch, int64_t size,
       if (r > 0) {
         total[i] += std::chrono::duration<double, std::milli>(
                         std::chrono::steady_clock::now() - t0)
-                        .count() / reps;
+                        .count() /
+                    reps;
       }
     }
   }
-  static const char* kOpNames[] = {"conv_in",   "resnet",    "up_resnet",
-                                   "attn_enter", "tblock",    "attn_exit",
-                                   "push_skip", "downsample", "upsample",
-                                   "capture",   "conv_out"};
+  static const char* kOpNames[] = {"conv_in",    "resnet",     "up_resnet",
+                                   "attn_enter", "tblock",     "attn_exit",
+                                   "push_skip",  "downsample", "upsample",
+                                   "capture",    "conv_out"};
   std::map<std::string, std::pair<double, int>> by_kind;
   double sum = 0;
   for (size_t i = 0; i < steps.size(); ++i) {
     const auto& s = steps[i];
     std::string key = kOpNames[static_cast<int>(s.op)];
     // Width from the block path: down_blocks.N / up_blocks.N / mid_block.
-    std::string level = s.name.substr(0, s.name.find('.', s.name.find('.') + 1));
+    std::string level =
+        s.name.substr(0, s.name.find('.', s.name.find('.') + 1));
     if (s.op != UNetStep::Op::kCapture && s.op != UNetStep::Op::kPushSkip) {
       key = absl::StrCat(key, " ", level);
     }
@@ -124,11 +129,13 @@ void ProfileSteps(const std::string& file, int64_t batch, int64_t size,
     by_kind[key].second += 1;
     sum += total[i];
   }
-  std::printf("\n%s batch %ld %ldx%ld: per-step times (synchronized), sum %.2f ms\n",
-              file.c_str(), static_cast<long>(batch), static_cast<long>(size),
-              static_cast<long>(size), sum);
+  std::printf(
+      "\n%s batch %ld %ldx%ld: per-step times (synchronized), sum %.2f ms\n",
+      file.c_str(), static_cast<long>(batch), static_cast<long>(size),
+      static_cast<long>(size), sum);
   std::vector<std::pair<double, std::string>> rows;
-  for (auto& [k, v] : by_kind) rows.push_back({v.first, absl::StrCat(k, " x", v.second)});
+  for (auto& [k, v] : by_kind)
+    rows.push_back({v.first, absl::StrCat(k, " x", v.second)});
   std::sort(rows.rbegin(), rows.rend());
   for (auto& [ms, k] : rows) {
     if (ms < 0.05) continue;
@@ -137,9 +144,11 @@ void ProfileSteps(const std::string& file, int64_t batch, int64_t size,
 }
 
 void ProfileTransformerBlock(int64_t dim, int64_t heads, int64_t tokens,
-                             int64_t batch, int64_t cross, torch::TensorOptions to) {
-  BasicTransformerBlock block(BasicTransformerBlockOptions(dim, heads, dim / heads, cross)
-                                  .tensor_options(to));
+                             int64_t batch, int64_t cross,
+                             torch::TensorOptions to) {
+  BasicTransformerBlock block(
+      BasicTransformerBlockOptions(dim, heads, dim / heads, cross)
+          .tensor_options(to));
   torch::NoGradGuard no_grad;
   for (auto& p : block->parameters()) p.normal_(0, 0.02);
   torch::Tensor x = torch::randn({batch, tokens, dim}, to);
@@ -159,32 +168,45 @@ void ProfileTransformerBlock(int64_t dim, int64_t heads, int64_t tokens,
   const double flop_lin = 2.0 * batch * tokens * dim * dim;
   const double flop_attn = 4.0 * batch * tokens * tokens * dim;
   std::printf("\ntransformer block dim %ld, %ld tokens, batch %ld:\n",
-              static_cast<long>(dim), static_cast<long>(tokens), static_cast<long>(batch));
+              static_cast<long>(dim), static_cast<long>(tokens),
+              static_cast<long>(batch));
   auto row = [&](const char* name, double ms, double flops) {
-    std::printf("  %-28s %8.3f ms %s\n", name, ms,
-                flops > 0 ? absl::StrCat(flops / ms / 1e9, " TFLOP/s").c_str() : "");
+    std::printf(
+        "  %-28s %8.3f ms %s\n", name, ms,
+        flops > 0 ? absl::StrCat(flops / ms / 1e9, " TFLOP/s").c_str() : "");
   };
   row("whole block", TimeMs([&] { block(x, ctx); }), 0);
   row("layer_norm", TimeMs([&] { block->norm1(x); }), 0);
   row("to_q (linear dxd)", TimeMs([&] { block->attn1->to_q(n); }), flop_lin);
-  row("self-attn sdpa", TimeMs([&] { ScaledDotProductAttention(q, k, v, false); }), flop_attn);
-  row("out transpose+reshape", TimeMs([&] { o.transpose(1, 2).reshape({batch, -1, dim}); }), 0);
-  row("to_out (linear+bias)", TimeMs([&] { block->attn1->to_out_0(o2); }), flop_lin);
+  row("self-attn sdpa",
+      TimeMs([&] { ScaledDotProductAttention(q, k, v, false); }), flop_attn);
+  row("out transpose+reshape", TimeMs([&] {
+        o.transpose(1, 2).reshape({batch, -1, dim});
+      }),
+      0);
+  row("to_out (linear+bias)", TimeMs([&] { block->attn1->to_out_0(o2); }),
+      flop_lin);
   row("attn1 total", TimeMs([&] { block->attn1(n, n); }), 0);
   row("attn2 (cross) total", TimeMs([&] { block->attn2(n, ctx); }), 0);
   row("ff proj (d->8d)", TimeMs([&] { block->ff_proj(n); }), 8 * flop_lin);
-  row("geglu chunk*gelu", TimeMs([&] { auto p = proj.chunk(2, -1); (void)(p[0] * at::gelu(p[1])); }), 0);
+  row("geglu chunk*gelu", TimeMs([&] {
+        auto p = proj.chunk(2, -1);
+        (void)(p[0] * at::gelu(p[1]));
+      }),
+      0);
   row("ff out (4d->d)", TimeMs([&] { block->ff_out(g); }), 4 * flop_lin);
   row("residual add", TimeMs([&] { (void)(x + o2); }), 0);
 #if TORCH_VERSION_MAJOR >= 2
   auto& ctx_ = at::globalContext();
-  auto try_backend = [&](const char* name, bool flash, bool mem, bool cudnn, bool math) {
+  auto try_backend = [&](const char* name, bool flash, bool mem, bool cudnn,
+                         bool math) {
     ctx_.setSDPUseFlash(flash);
     ctx_.setSDPUseMemEfficient(mem);
     ctx_.setSDPUseCuDNN(cudnn);
     ctx_.setSDPUseMath(math);
     try {
-      row(name, TimeMs([&] { ScaledDotProductAttention(q, k, v, false); }), flop_attn);
+      row(name, TimeMs([&] { ScaledDotProductAttention(q, k, v, false); }),
+          flop_attn);
     } catch (const std::exception& e) {
       std::printf("  %-28s unavailable\n", name);
     }
@@ -196,30 +218,38 @@ void ProfileTransformerBlock(int64_t dim, int64_t heads, int64_t tokens,
 #endif
 }
 
-void ProfileResnet(int64_t channels, int64_t hw, int64_t batch, torch::TensorOptions to) {
-  ResnetBlock2D resnet(ResnetBlock2DOptions(channels, channels, 1280).tensor_options(to));
+void ProfileResnet(int64_t channels, int64_t hw, int64_t batch,
+                   torch::TensorOptions to) {
+  ResnetBlock2D resnet(
+      ResnetBlock2DOptions(channels, channels, 1280).tensor_options(to));
   torch::NoGradGuard no_grad;
   for (auto& p : resnet->parameters()) p.normal_(0, 0.02);
   for (auto& p : resnet->parameters()) {
-    if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+    if (p.dim() == 4)
+      p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
   }
   torch::Tensor x = torch::randn({batch, channels, hw, hw}, to)
                         .contiguous(torch::MemoryFormat::ChannelsLast);
   torch::Tensor xn = torch::randn({batch, channels, hw, hw}, to);
   torch::Tensor temb = torch::randn({batch, 1280}, to);
   const double conv_flops = 2.0 * batch * hw * hw * channels * channels * 9;
-  std::printf("\nresnet %ld ch, %ldx%ld, batch %ld:\n", static_cast<long>(channels),
-              static_cast<long>(hw), static_cast<long>(hw), static_cast<long>(batch));
+  std::printf("\nresnet %ld ch, %ldx%ld, batch %ld:\n",
+              static_cast<long>(channels), static_cast<long>(hw),
+              static_cast<long>(hw), static_cast<long>(batch));
   auto row = [&](const char* name, double ms, double flops) {
-    std::printf("  %-28s %8.3f ms %s\n", name, ms,
-                flops > 0 ? absl::StrCat(flops / ms / 1e9, " TFLOP/s").c_str() : "");
+    std::printf(
+        "  %-28s %8.3f ms %s\n", name, ms,
+        flops > 0 ? absl::StrCat(flops / ms / 1e9, " TFLOP/s").c_str() : "");
   };
   row("whole resnet", TimeMs([&] { resnet(x, temb); }), 0);
   row("conv3x3 channels_last", TimeMs([&] { resnet->conv1(x); }), conv_flops);
   row("group_norm channels_last", TimeMs([&] { resnet->norm1(x); }), 0);
   row("group_norm NCHW", TimeMs([&] { resnet->norm1(xn); }), 0);
   row("silu", TimeMs([&] { at::silu(x); }), 0);
-  row("add (broadcast temb)", TimeMs([&] { (void)(x + temb.narrow(1, 0, channels).unsqueeze(-1).unsqueeze(-1)); }), 0);
+  row("add (broadcast temb)", TimeMs([&] {
+        (void)(x + temb.narrow(1, 0, channels).unsqueeze(-1).unsqueeze(-1));
+      }),
+      0);
   row("add (residual)", TimeMs([&] { (void)(x + x); }), 0);
   row("copy (bandwidth ref)", TimeMs([&] { x.clone(); }), 0);
 }
@@ -232,7 +262,8 @@ int main(int argc, char** argv) {
       {"dtype", false, false, "bf16 (default)"},
       {"case", false, false, "sd15, sdxl or all (default)"},
   };
-  auto flags = lpd::CliArgs::Parse(std::vector<std::string>(argv + 1, argv + argc), specs);
+  auto flags = lpd::CliArgs::Parse(
+      std::vector<std::string>(argv + 1, argv + argc), specs);
   if (!flags.ok()) {
     std::fprintf(stderr, "%s\n", flags.status().ToString().c_str());
     return 2;
@@ -243,8 +274,10 @@ int main(int argc, char** argv) {
       *ParseTorchDtype(flags->Get("dtype", "bf16")));
   at::globalContext().setBenchmarkCuDNN(true);
   const std::string which = flags->Get("case", "all");
-  if (which == "all" || which == "sd15") ProfileSteps("sd15-unet.json", 8, 64, to);
-  if (which == "all" || which == "sdxl") ProfileSteps("sdxl-base-unet.json", 4, 128, to);
+  if (which == "all" || which == "sd15")
+    ProfileSteps("sd15-unet.json", 8, 64, to);
+  if (which == "all" || which == "sdxl")
+    ProfileSteps("sdxl-base-unet.json", 4, 128, to);
   ProfileTransformerBlock(640, 10, 4096, 4, 2048, to);
   ProfileTransformerBlock(1280, 20, 1024, 4, 2048, to);
   ProfileTransformerBlock(320, 8, 4096, 8, 768, to);

@@ -18,8 +18,8 @@ absl::StatusOr<CliArgs> CliArgs::Parse(const std::vector<std::string>& args,
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     if (arg.rfind("--", 0) != 0 || arg.size() == 2) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unexpected argument \"", arg, "\" (flags are --name value)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unexpected argument \"", arg, "\" (flags are --name value)"));
     }
     std::string name = arg.substr(2);
     std::optional<std::string> value;

@@ -19,12 +19,12 @@
 // Evaluates `rexpr` (an absl::StatusOr<T>); on error returns its status from
 // the enclosing function, otherwise moves the value into `lhs`, which may be
 // a declaration (`ASSIGN_OR_RETURN(auto x, F())`).
-#define ASSIGN_OR_RETURN(lhs, rexpr)                                      \
+#define ASSIGN_OR_RETURN(lhs, rexpr)                                       \
   ASSIGN_OR_RETURN_IMPL_(LPD_STATUS_CONCAT_(lpd_statusor_, __LINE__), lhs, \
                          rexpr)
 
-#define ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr) \
-  auto statusor = (rexpr);                           \
+#define ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr)       \
+  auto statusor = (rexpr);                                 \
   if (!statusor.ok()) return std::move(statusor).status(); \
   lhs = std::move(statusor).value()
 

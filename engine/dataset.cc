@@ -1,6 +1,7 @@
 #include "engine/dataset.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -102,23 +103,23 @@ absl::Status CheckShardHeader(const SafetensorsHeader& header,
   for (const TensorEntry& entry : header.tensors) {
     auto it = manifest.tensors.find(entry.name);
     if (it == manifest.tensors.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          label, ": tensor \"", entry.name, "\" is not listed in ",
-          kDatasetManifestFile));
+      return absl::InvalidArgumentError(
+          absl::StrCat(label, ": tensor \"", entry.name, "\" is not listed in ",
+                       kDatasetManifestFile));
     }
     const std::vector<int64_t> expected =
         WithCount(shard.num_samples, it->second.shape);
     if (entry.shape != expected) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          label, ": tensor \"", entry.name, "\" has shape ",
-          ShapeString(entry.shape), ", ", kDatasetManifestFile, " says ",
-          ShapeString(expected)));
+      return absl::InvalidArgumentError(
+          absl::StrCat(label, ": tensor \"", entry.name, "\" has shape ",
+                       ShapeString(entry.shape), ", ", kDatasetManifestFile,
+                       " says ", ShapeString(expected)));
     }
     if (entry.dtype != it->second.dtype) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          label, ": tensor \"", entry.name, "\" has dtype ",
-          AV(DtypeName(entry.dtype)), ", ", kDatasetManifestFile, " says ",
-          AV(DtypeName(it->second.dtype))));
+      return absl::InvalidArgumentError(
+          absl::StrCat(label, ": tensor \"", entry.name, "\" has dtype ",
+                       AV(DtypeName(entry.dtype)), ", ", kDatasetManifestFile,
+                       " says ", AV(DtypeName(it->second.dtype))));
     }
     seen.insert(entry.name);
   }
@@ -141,7 +142,8 @@ std::string DatasetManifestToJson(const DatasetManifest& manifest) {
   }
   json shards = json::array();
   for (const DatasetShardInfo& shard : manifest.shards) {
-    shards.push_back({{"file", shard.file}, {"num_samples", shard.num_samples}});
+    shards.push_back(
+        {{"file", shard.file}, {"num_samples", shard.num_samples}});
   }
   json j = {{"schema_version", manifest.schema_version},
             {"num_samples", manifest.num_samples},
@@ -218,8 +220,7 @@ absl::StatusOr<DatasetManifest> ParseDatasetManifest(std::string_view text,
     }
     for (const json& d : t.at("shape")) {
       if (!d.is_number_integer() || d.get<int64_t>() < 1) {
-        return error(
-            absl::StrCat(path, ".shape: expected positive integers"));
+        return error(absl::StrCat(path, ".shape: expected positive integers"));
       }
       info.shape.push_back(d.get<int64_t>());
     }
@@ -271,8 +272,8 @@ absl::StatusOr<DatasetManifest> ParseDatasetManifest(std::string_view text,
                                 "\" is not a plain file name"));
     }
     if (!files.insert(shard.file).second) {
-      return error(absl::StrCat(path, ".file: \"", shard.file,
-                                "\" is listed twice"));
+      return error(
+          absl::StrCat(path, ".file: \"", shard.file, "\" is listed twice"));
     }
     ASSIGN_OR_RETURN(shard.num_samples,
                      get_int(s, "num_samples", path + ".num_samples"));
@@ -330,8 +331,8 @@ absl::Status WriteDatasetManifest(const std::string& dir,
 }
 
 std::string Dataset::ShardLabel(int shard) const {
-  return absl::StrCat("dataset shard ", shard, " (", manifest_.shards[shard].file,
-                      ")");
+  return absl::StrCat("dataset shard ", shard, " (",
+                      manifest_.shards[shard].file, ")");
 }
 
 absl::StatusOr<std::unique_ptr<Dataset>> Dataset::Open(const std::string& dir,
@@ -379,9 +380,9 @@ absl::Status Dataset::Validate(const UNetConfig& config) const {
     return ShapeString(WithCount(n0, manifest_.tensors.at(name).shape));
   };
   auto fail = [&](const char* name, const std::string& what) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        label, ": tensor \"", name, "\" has shape ", shape_of(name),
-        ", model expects ", what));
+    return absl::InvalidArgumentError(
+        absl::StrCat(label, ": tensor \"", name, "\" has shape ",
+                     shape_of(name), ", model expects ", what));
   };
   const std::vector<int64_t>& lat = manifest_.tensors.at(kLatents).shape;
   if (lat.size() != 3) return fail(kLatents, "[N,C,h,w]");
@@ -392,22 +393,22 @@ absl::Status Dataset::Validate(const UNetConfig& config) const {
       int64_t{1} << std::max<int64_t>(
           0, static_cast<int64_t>(config.down_block_types.size()) - 1);
   if (lat[1] % factor != 0 || lat[2] % factor != 0) {
-    return fail(kLatents, absl::StrCat("height and width divisible by ",
-                                       factor));
+    return fail(kLatents,
+                absl::StrCat("height and width divisible by ", factor));
   }
   const std::vector<int64_t>& ehs =
       manifest_.tensors.at(kEncoderHiddenStates).shape;
   if (ehs.size() != 2) return fail(kEncoderHiddenStates, "[N,L,D]");
   if (ehs[1] != config.cross_attention_dim) {
-    return fail(kEncoderHiddenStates,
-                absl::StrCat("D = cross_attention_dim ",
-                             config.cross_attention_dim));
+    return fail(kEncoderHiddenStates, absl::StrCat("D = cross_attention_dim ",
+                                                   config.cross_attention_dim));
   }
   if (config.text_time_embedding) {
     if (!has_text_time()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "dataset ", dir_, ": the model uses text_time conditioning but the "
-          "dataset has no \"text_embeds\" and \"time_ids\""));
+      return absl::InvalidArgumentError(
+          absl::StrCat("dataset ", dir_,
+                       ": the model uses text_time conditioning but the "
+                       "dataset has no \"text_embeds\" and \"time_ids\""));
     }
     const std::vector<int64_t>& te = manifest_.tensors.at(kTextEmbeds).shape;
     const std::vector<int64_t>& ti = manifest_.tensors.at(kTimeIds).shape;
@@ -477,15 +478,15 @@ absl::StatusOr<DatasetBatch> Dataset::GetSamples(
   for (size_t pos = 0; pos < indices.size(); ++pos) {
     const int64_t index = indices[pos];
     if (index < 0 || index >= size()) {
-      return absl::OutOfRangeError(absl::StrCat(
-          "dataset ", dir_, ": sample index ", index, " is outside [0, ",
-          size(), ")"));
+      return absl::OutOfRangeError(
+          absl::StrCat("dataset ", dir_, ": sample index ", index,
+                       " is outside [0, ", size(), ")"));
     }
     const int shard = static_cast<int>(
         std::upper_bound(shard_begin_.begin(), shard_begin_.end(), index) -
         shard_begin_.begin() - 1);
-    rows.push_back({shard, index - shard_begin_[shard],
-                    static_cast<int64_t>(pos)});
+    rows.push_back(
+        {shard, index - shard_begin_[shard], static_cast<int64_t>(pos)});
   }
   std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
     return a.shard < b.shard;
@@ -514,8 +515,8 @@ absl::StatusOr<DatasetBatch> Dataset::GetSamples(
             auto* dst = static_cast<std::byte*>(tensor.data_ptr());
             const size_t rb = row_bytes[name];
             for (size_t k = i; k < end; ++k) {
-              std::memcpy(dst + rows[k].pos * rb, bytes.data() + rows[k].row * rb,
-                          rb);
+              std::memcpy(dst + rows[k].pos * rb,
+                          bytes.data() + rows[k].row * rb, rb);
             }
           }
           i = end;
@@ -568,9 +569,8 @@ absl::StatusOr<BatchSampler> BatchSampler::Create(std::vector<int64_t> indices,
     return absl::InvalidArgumentError("batch sampler: no indices to sample");
   }
   if (batch_size < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("batch sampler: batch_size must be ≥ 1, got ",
-                     batch_size));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch sampler: batch_size must be ≥ 1, got ", batch_size));
   }
   BatchSampler sampler;
   sampler.indices_ = std::move(indices);
@@ -583,7 +583,8 @@ const std::vector<int64_t>& BatchSampler::EpochPermutation(
     int64_t epoch) const {
   if (epoch != cached_epoch_) {
     cached_ = indices_;
-    Shuffle(cached_, SplitMix64(seed_ ^ SplitMix64(static_cast<uint64_t>(epoch))));
+    Shuffle(cached_,
+            SplitMix64(seed_ ^ SplitMix64(static_cast<uint64_t>(epoch))));
     cached_epoch_ = epoch;
   }
   return cached_;

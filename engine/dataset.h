@@ -135,7 +135,8 @@ class Dataset {
   int max_mapped_shards_ = 2;
 
   mutable std::mutex mu_;
-  std::list<std::pair<int, std::unique_ptr<SafetensorsFile>>> lru_;  // MRU first
+  std::list<std::pair<int, std::unique_ptr<SafetensorsFile>>>
+      lru_;  // MRU first
   int64_t shard_opens_ = 0;
 };
 
@@ -167,8 +168,7 @@ class BatchSampler {
  public:
   // InvalidArgument for empty `indices` or batch_size < 1.
   static absl::StatusOr<BatchSampler> Create(std::vector<int64_t> indices,
-                                             int64_t batch_size,
-                                             uint64_t seed);
+                                             int64_t batch_size, uint64_t seed);
 
   std::vector<int64_t> BatchIndices(int64_t step) const;
   // The epoch of the batch's first sample.

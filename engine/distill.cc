@@ -1,16 +1,15 @@
 #include "engine/distill.h"
 
+#include <c10/util/C++17.h>
 #include <stdlib.h>
+#include <torch/optim/adamw.h>
+#include <torch/torch.h>
 
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <system_error>
 #include <utility>
-
-#include <c10/util/C++17.h>
-#include <torch/optim/adamw.h>
-#include <torch/torch.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -52,9 +51,8 @@ class TempDir {
     if (error) base = "/tmp";
     std::string templ = (base / "lpd-distill-XXXXXX").string();
     if (mkdtemp(templ.data()) == nullptr) {
-      return absl::InternalError(
-          absl::StrCat("cannot create a temporary folder under ",
-                       base.string()));
+      return absl::InternalError(absl::StrCat(
+          "cannot create a temporary folder under ", base.string()));
     }
     return TempDir(templ);
   }
@@ -88,21 +86,20 @@ absl::StatusOr<UNet2DConditionModel> MakeStudent(
     const std::set<std::string>& removed_units,
     std::optional<torch::TensorOptions> tensor_options) {
   return GuardTorch(
-      "building the student",
-      [&]() -> absl::StatusOr<UNet2DConditionModel> {
+      "building the student", [&]() -> absl::StatusOr<UNet2DConditionModel> {
         auto teacher_params = teacher.named_parameters(/*recurse=*/true);
         torch::TensorOptions options;
         if (tensor_options.has_value()) {
           options = *tensor_options;
         } else if (teacher_params.size() > 0) {
-          const torch::Tensor& first = teacher_params.values().front();
+          const torch::Tensor first = teacher_params[0].value();
           options = torch::TensorOptions()
                         .dtype(first.scalar_type())
                         .device(first.device());
         }
-        ASSIGN_OR_RETURN(auto impl, UNet2DConditionModelImpl::Create(
-                                        UNetOptions{teacher.config(),
-                                                    removed_units, options}));
+        ASSIGN_OR_RETURN(auto impl,
+                         UNet2DConditionModelImpl::Create(UNetOptions{
+                             teacher.config(), removed_units, options}));
         UNet2DConditionModel student(impl);
         torch::NoGradGuard no_grad;
         for (auto& item : student->named_parameters(/*recurse=*/true)) {
@@ -113,10 +110,10 @@ absl::StatusOr<UNet2DConditionModel> MakeStudent(
                              " has no teacher parameter of that name"));
           }
           if (source->sizes() != item.value().sizes()) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "student parameter ", item.key(), " has shape ",
-                ShapeString(item.value().sizes()), ", the teacher's ",
-                ShapeString(source->sizes())));
+            return absl::InvalidArgumentError(
+                absl::StrCat("student parameter ", item.key(), " has shape ",
+                             ShapeString(item.value().sizes()),
+                             ", the teacher's ", ShapeString(source->sizes())));
           }
           item.value().copy_(*source);
         }
@@ -162,8 +159,7 @@ absl::StatusOr<DistillLoss> ComputeDistillLoss(
               ShapeString(teacher_output.sizes())));
         }
         const torch::Tensor s_out = student_output.to(torch::kFloat32);
-        const torch::Tensor t_out =
-            teacher_output.detach().to(torch::kFloat32);
+        const torch::Tensor t_out = teacher_output.detach().to(torch::kFloat32);
         DistillLoss loss;
         if (target.defined()) {
           if (target.sizes() != student_output.sizes()) {
@@ -190,10 +186,10 @@ absl::StatusOr<DistillLoss> ComputeDistillLoss(
                 "distillation loss: the student has no feature ", name));
           }
           if (found->second.sizes() != teacher_feature.sizes()) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "distillation loss: feature ", name, ": student ",
-                ShapeString(found->second.sizes()), " vs teacher ",
-                ShapeString(teacher_feature.sizes())));
+            return absl::InvalidArgumentError(
+                absl::StrCat("distillation loss: feature ", name, ": student ",
+                             ShapeString(found->second.sizes()), " vs teacher ",
+                             ShapeString(teacher_feature.sizes())));
           }
           const torch::Tensor f_s = found->second.to(torch::kFloat32);
           const torch::Tensor f_t =
@@ -255,13 +251,12 @@ absl::StatusOr<std::unique_ptr<DistillTrainer>> DistillTrainer::Create(
         const torch::Dtype dtype =
             options.precision == TrainingPrecision::kFloat32 ? torch::kFloat32
                                                              : torch::kBFloat16;
-        ASSIGN_OR_RETURN(
-            UNet2DConditionModel student,
-            MakeStudent(*teacher, removed_units,
-                        torch::TensorOptions().dtype(dtype).device(
-                            options.device)));
-        std::unique_ptr<DistillTrainer> trainer(new DistillTrainer(
-            teacher, student, removed_units, options));
+        ASSIGN_OR_RETURN(UNet2DConditionModel student,
+                         MakeStudent(*teacher, removed_units,
+                                     torch::TensorOptions().dtype(dtype).device(
+                                         options.device)));
+        std::unique_ptr<DistillTrainer> trainer(
+            new DistillTrainer(teacher, student, removed_units, options));
         trainer->student_dtype_ = dtype;
         trainer->teacher_dtype_ = torch::kFloat32;
         for (const auto& item : teacher->named_parameters(true)) {
@@ -277,9 +272,10 @@ absl::StatusOr<std::unique_ptr<DistillTrainer>> DistillTrainer::Create(
         if (options.precision == TrainingPrecision::kBFloat16MasterFloat32) {
           torch::NoGradGuard no_grad;
           for (const auto& [name, param] : trainer->params_) {
-            torch::Tensor master =
-                param.detach().to(torch::kFloat32).clone().set_requires_grad(
-                    true);
+            torch::Tensor master = param.detach()
+                                       .to(torch::kFloat32)
+                                       .clone()
+                                       .set_requires_grad(true);
             trainer->masters_.push_back(master);
             optimized.push_back(master);
           }
@@ -289,11 +285,10 @@ absl::StatusOr<std::unique_ptr<DistillTrainer>> DistillTrainer::Create(
           }
         }
         trainer->optimizer_ = std::make_unique<torch::optim::AdamW>(
-            optimized,
-            torch::optim::AdamWOptions(options.learning_rate)
-                .betas(std::make_tuple(options.beta1, options.beta2))
-                .eps(options.eps)
-                .weight_decay(options.weight_decay));
+            optimized, torch::optim::AdamWOptions(options.learning_rate)
+                           .betas(std::make_tuple(options.beta1, options.beta2))
+                           .eps(options.eps)
+                           .weight_decay(options.weight_decay));
         return trainer;
       });
 }
@@ -345,8 +340,8 @@ absl::StatusOr<DistillLoss> DistillTrainer::ComputeLoss(
         }
         torch::Tensor student_out = student_->forward(
             ToModel(batch.noised, student_dtype_), {}, &student_features);
-        torch::Tensor target =
-            batch.target.defined() ? batch.target.to(options_.device)
+        torch::Tensor target = batch.target.defined()
+                                   ? batch.target.to(options_.device)
                                    : batch.target;
         return ComputeDistillLoss(student_out, teacher_out, target,
                                   student_features, teacher_features,
@@ -357,71 +352,68 @@ absl::StatusOr<DistillLoss> DistillTrainer::ComputeLoss(
 absl::StatusOr<StepReport> DistillTrainer::Step(const TrainingBatch& batch) {
   const auto start = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(DistillLoss loss, ComputeLoss(batch));
-  return GuardTorch(
-      "distillation step", [&]() -> absl::StatusOr<StepReport> {
-        StepReport report;
-        report.step = step_;
-        report.loss = LossValues(loss);
-        if (!std::isfinite(report.loss.total)) {
-          return absl::InternalError(absl::StrCat(
-              "distillation: non-finite loss at step ", step_));
-        }
-        report.learning_rate = LearningRateAt(step_);
-        for (auto& group : optimizer_->param_groups()) {
-          group.options().set_lr(report.learning_rate);
-        }
-        optimizer_->zero_grad();
-        for (auto& [name, param] : params_) {
-          if (param.grad().defined()) param.mutable_grad().zero_();
-        }
-        loss.total.backward();
+  return GuardTorch("distillation step", [&]() -> absl::StatusOr<StepReport> {
+    StepReport report;
+    report.step = step_;
+    report.loss = LossValues(loss);
+    if (!std::isfinite(report.loss.total)) {
+      return absl::InternalError(
+          absl::StrCat("distillation: non-finite loss at step ", step_));
+    }
+    report.learning_rate = LearningRateAt(step_);
+    for (auto& group : optimizer_->param_groups()) {
+      group.options().set_lr(report.learning_rate);
+    }
+    optimizer_->zero_grad();
+    for (auto& [name, param] : params_) {
+      if (param.grad().defined()) param.mutable_grad().zero_();
+    }
+    loss.total.backward();
 
-        std::vector<torch::Tensor> grads;
-        {
-          torch::NoGradGuard no_grad;
-          for (size_t i = 0; i < params_.size(); ++i) {
-            const torch::Tensor& param = params_[i].second;
-            if (!param.grad().defined()) continue;
-            if (!masters_.empty()) {
-              masters_[i].mutable_grad() = param.grad().to(torch::kFloat32);
-              grads.push_back(masters_[i].grad());
-            } else {
-              grads.push_back(param.grad());
-            }
-          }
-          double sum_sq = 0;
-          for (const torch::Tensor& g : grads) {
-            sum_sq += g.to(torch::kFloat64).square().sum().item<double>();
-          }
-          report.grad_norm = std::sqrt(sum_sq);
-          if (!std::isfinite(report.grad_norm)) {
-            return absl::InternalError(absl::StrCat(
-                "distillation: non-finite gradient norm at step ", step_));
-          }
-          if (options_.max_grad_norm > 0 &&
-              report.grad_norm > options_.max_grad_norm) {
-            const double scale =
-                options_.max_grad_norm / (report.grad_norm + 1e-6);
-            for (torch::Tensor& g : grads) g.mul_(scale);
-          }
-        }
-        optimizer_->step();
+    std::vector<torch::Tensor> grads;
+    {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < params_.size(); ++i) {
+        const torch::Tensor& param = params_[i].second;
+        if (!param.grad().defined()) continue;
         if (!masters_.empty()) {
-          torch::NoGradGuard no_grad;
-          for (size_t i = 0; i < params_.size(); ++i) {
-            params_[i].second.copy_(masters_[i]);
-          }
+          masters_[i].mutable_grad() = param.grad().to(torch::kFloat32);
+          grads.push_back(masters_[i].grad());
+        } else {
+          grads.push_back(param.grad());
         }
-        ++step_;
-        report.seconds = std::chrono::duration<double>(
-                             std::chrono::steady_clock::now() - start)
-                             .count();
-        return report;
-      });
+      }
+      double sum_sq = 0;
+      for (const torch::Tensor& g : grads) {
+        sum_sq += g.to(torch::kFloat64).square().sum().item<double>();
+      }
+      report.grad_norm = std::sqrt(sum_sq);
+      if (!std::isfinite(report.grad_norm)) {
+        return absl::InternalError(absl::StrCat(
+            "distillation: non-finite gradient norm at step ", step_));
+      }
+      if (options_.max_grad_norm > 0 &&
+          report.grad_norm > options_.max_grad_norm) {
+        const double scale = options_.max_grad_norm / (report.grad_norm + 1e-6);
+        for (torch::Tensor& g : grads) g.mul_(scale);
+      }
+    }
+    optimizer_->step();
+    if (!masters_.empty()) {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < params_.size(); ++i) {
+        params_[i].second.copy_(masters_[i]);
+      }
+    }
+    ++step_;
+    report.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
+    return report;
+  });
 }
 
-absl::Status DistillTrainer::Train(int64_t end_step,
-                                   const BatchSource& batches,
+absl::Status DistillTrainer::Train(int64_t end_step, const BatchSource& batches,
                                    const ProgressCallback& progress,
                                    const CheckpointTarget& checkpoints) {
   int64_t saved_at = -1;
@@ -429,9 +421,9 @@ absl::Status DistillTrainer::Train(int64_t end_step,
     const auto start = std::chrono::steady_clock::now();
     ASSIGN_OR_RETURN(TrainingBatch batch, batches(step_));
     ASSIGN_OR_RETURN(StepReport report, Step(batch));
-    report.seconds = std::chrono::duration<double>(
-                         std::chrono::steady_clock::now() - start)
-                         .count();
+    report.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
     if (progress) RETURN_IF_ERROR(progress(report));
     if (checkpoints.store != nullptr && checkpoints.every_steps > 0 &&
         step_ % checkpoints.every_steps == 0) {
@@ -463,9 +455,9 @@ absl::Status DistillTrainer::SaveCheckpoint(storage::ObjectStore& store,
     }
     return WriteTensors(temp.File(kStudentWeightsName), weights, metadata);
   }));
-  RETURN_IF_ERROR(storage::PutFileWithManifest(
-      store, dir, kStudentWeightsName, temp.File(kStudentWeightsName),
-      manifest));
+  RETURN_IF_ERROR(storage::PutFileWithManifest(store, dir, kStudentWeightsName,
+                                               temp.File(kStudentWeightsName),
+                                               manifest));
 
   // AdamW state.
   RETURN_IF_ERROR(GuardTorch("saving the optimizer", [&]() -> absl::Status {
@@ -484,9 +476,9 @@ absl::Status DistillTrainer::SaveCheckpoint(storage::ObjectStore& store,
     }
     return WriteTensors(temp.File(kOptimizerStateName), state, metadata);
   }));
-  RETURN_IF_ERROR(storage::PutFileWithManifest(
-      store, dir, kOptimizerStateName, temp.File(kOptimizerStateName),
-      manifest));
+  RETURN_IF_ERROR(storage::PutFileWithManifest(store, dir, kOptimizerStateName,
+                                               temp.File(kOptimizerStateName),
+                                               manifest));
 
   nlohmann::json trainer = {
       {"version", 1},
@@ -522,9 +514,9 @@ absl::StatusOr<std::optional<int64_t>> DistillTrainer::Resume(
   ASSIGN_OR_RETURN(storage::Manifest manifest,
                    storage::ReadManifest(store, dir));
 
-  ASSIGN_OR_RETURN(std::string trainer_text,
-                   storage::VerifiedGet(store, dir, manifest,
-                                        kTrainerStateName));
+  ASSIGN_OR_RETURN(
+      std::string trainer_text,
+      storage::VerifiedGet(store, dir, manifest, kTrainerStateName));
   nlohmann::json trainer =
       nlohmann::json::parse(trainer_text, nullptr, /*allow_exceptions=*/false);
   const std::string where = store.UriOf(dir);
@@ -538,8 +530,8 @@ absl::StatusOr<std::optional<int64_t>> DistillTrainer::Resume(
   std::set<std::string> removed;
   for (const auto& id : trainer["removed_units"]) {
     if (!id.is_string()) {
-      return absl::DataLossError(absl::StrCat(
-          where, kTrainerStateName, ": malformed removed_units"));
+      return absl::DataLossError(
+          absl::StrCat(where, kTrainerStateName, ": malformed removed_units"));
     }
     removed.insert(id.get<std::string>());
   }
@@ -550,10 +542,9 @@ absl::StatusOr<std::optional<int64_t>> DistillTrainer::Resume(
   }
   const std::string precision = trainer.value("precision", std::string());
   if (precision != PrecisionName(options_.precision)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("checkpoint ", where, " was written in precision \"",
-                     precision, "\", this trainer uses \"",
-                     PrecisionName(options_.precision), "\""));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint ", where, " was written in precision \"", precision,
+        "\", this trainer uses \"", PrecisionName(options_.precision), "\""));
   }
   const int64_t step = trainer["step"].get<int64_t>();
 
@@ -566,9 +557,9 @@ absl::StatusOr<std::optional<int64_t>> DistillTrainer::Resume(
                                              temp.File(kOptimizerStateName)));
   ASSIGN_OR_RETURN(auto weights, ReadAllTensors(temp.File(kStudentWeightsName),
                                                 options_.device));
-  ASSIGN_OR_RETURN(auto opt_state,
-                   ReadAllTensors(temp.File(kOptimizerStateName),
-                                  options_.device));
+  ASSIGN_OR_RETURN(
+      auto opt_state,
+      ReadAllTensors(temp.File(kOptimizerStateName), options_.device));
 
   RETURN_IF_ERROR(GuardTorch("restoring the checkpoint", [&]() -> absl::Status {
     const auto optimized = OptimizedTensors();
@@ -585,6 +576,17 @@ absl::StatusOr<std::optional<int64_t>> DistillTrainer::Resume(
           absl::StrCat(where, kStudentWeightsName, ": holds ", weights.size(),
                        " tensors, the student ", optimized.size()));
     }
+    for (const auto& [name, tensor] : optimized) {
+      if (!opt_state.count(absl::StrCat("opt.", name, ".step"))) continue;
+      auto avg = opt_state.find(absl::StrCat("opt.", name, ".exp_avg"));
+      auto avg_sq = opt_state.find(absl::StrCat("opt.", name, ".exp_avg_sq"));
+      if (avg == opt_state.end() || avg_sq == opt_state.end() ||
+          avg->second.sizes() != tensor.sizes() ||
+          avg_sq->second.sizes() != tensor.sizes()) {
+        return absl::DataLossError(absl::StrCat(
+            where, kOptimizerStateName, ": incomplete state of ", name));
+      }
+    }
     torch::NoGradGuard no_grad;
     auto& states = optimizer_->state();
     states.clear();
@@ -595,12 +597,6 @@ absl::StatusOr<std::optional<int64_t>> DistillTrainer::Resume(
       if (step_it == opt_state.end()) continue;  // no state yet
       auto avg = opt_state.find(absl::StrCat("opt.", name, ".exp_avg"));
       auto avg_sq = opt_state.find(absl::StrCat("opt.", name, ".exp_avg_sq"));
-      if (avg == opt_state.end() || avg_sq == opt_state.end() ||
-          avg->second.sizes() != tensor.sizes() ||
-          avg_sq->second.sizes() != tensor.sizes()) {
-        return absl::DataLossError(absl::StrCat(
-            where, kOptimizerStateName, ": incomplete state of ", name));
-      }
       auto state = std::make_unique<torch::optim::AdamWParamState>();
       state->step(step_it->second.to(torch::kCPU).item<int64_t>());
       state->exp_avg(avg->second.to(tensor.dtype()).contiguous());

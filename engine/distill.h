@@ -15,6 +15,8 @@
 #ifndef LPD_ENGINE_DISTILL_H_
 #define LPD_ENGINE_DISTILL_H_
 
+#include <torch/types.h>
+
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -23,8 +25,6 @@
 #include <set>
 #include <string>
 #include <vector>
-
-#include <torch/types.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -65,9 +65,9 @@ bool IsDistilledFeature(absl::string_view capture_name);
 // unweighted scalars (float32) also carrying the graph, for tests and logs.
 struct DistillLoss {
   torch::Tensor total;
-  torch::Tensor task;        // mse(ε_S, target)
-  torch::Tensor output_kd;   // mse(ε_S, ε_T)
-  torch::Tensor feature_kd;  // Σ_l term_l
+  torch::Tensor task;                                  // mse(ε_S, target)
+  torch::Tensor output_kd;                             // mse(ε_S, ε_T)
+  torch::Tensor feature_kd;                            // Σ_l term_l
   std::map<std::string, torch::Tensor> feature_terms;  // by capture name
 };
 
@@ -104,7 +104,7 @@ uint64_t BatchSeed(uint64_t seed, int64_t step);
 
 // How the student is held while training.
 enum class TrainingPrecision {
-  kFloat32,  // fp32 weights and optimizer state (the CPU setting; tested)
+  kFloat32,   // fp32 weights and optimizer state (the CPU setting; tested)
   kBFloat16,  // bf16 weights and AdamW state (the GPU default; untested here)
   // bf16 model, fp32 master weights and AdamW state (untested here)
   kBFloat16MasterFloat32,

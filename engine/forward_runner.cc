@@ -1,8 +1,8 @@
 #include "engine/forward_runner.h"
 
-#include <map>
-
 #include <torch/torch.h>
+
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -63,7 +63,8 @@ absl::Status RunForward(const ForwardRequest& request) {
   RETURN_IF_ERROR(GuardTorch("forward pass", [&]() -> absl::Status {
     torch::NoGradGuard no_grad;
     BlockOutputs captures;
-    torch::Tensor sample = model->forward(inputs, request.remove_units, &captures);
+    torch::Tensor sample =
+        model->forward(inputs, request.remove_units, &captures);
     outputs["output.sample"] = sample.to(torch::kCPU, torch::kFloat32);
     for (auto& [name, value] : captures) {
       outputs["act." + name] = value.to(torch::kCPU, torch::kFloat32);

@@ -1,10 +1,10 @@
 #include "engine/fused_ops.h"
 
-#include <atomic>
-#include <stdexcept>
-
 #include <ATen/ATen.h>
 #include <torch/torch.h>
+
+#include <atomic>
+#include <stdexcept>
 
 #ifdef LPD_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>

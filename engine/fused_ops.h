@@ -5,10 +5,10 @@
 #ifndef LPD_ENGINE_FUSED_OPS_H_
 #define LPD_ENGINE_FUSED_OPS_H_
 
+#include <torch/types.h>
+
 #include <cstdint>
 #include <utility>
-
-#include <torch/types.h>
 
 namespace lpd::engine {
 

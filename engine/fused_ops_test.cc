@@ -14,8 +14,8 @@ TEST(FusedOpsTest, GroupNormActEqualsAddThenGroupNormThenSilu) {
   torch::Tensor x = torch::randn({2, 20, 5, 6});
   torch::Tensor add = torch::randn({2, 20});
   torch::Tensor w = torch::rand({20}) + 0.5, b = torch::randn({20});
-  torch::Tensor expected = torch::silu(torch::group_norm(
-      x + add.view({2, 20, 1, 1}), 4, w, b, 1e-5));
+  torch::Tensor expected = torch::silu(
+      torch::group_norm(x + add.view({2, 20, 1, 1}), 4, w, b, 1e-5));
   torch::Tensor got = GroupNormAct(x, add, 4, w, b, 1e-5, true);
   EXPECT_TRUE(torch::allclose(got, expected, 1e-5, 1e-6));
   torch::Tensor plain = GroupNormAct(x, {}, 4, w, b, 1e-6, false);
@@ -28,15 +28,15 @@ TEST(FusedOpsTest, GroupNormActKeepsChannelsLastInputsCorrect) {
       torch::randn({2, 8, 3, 3}).contiguous(torch::MemoryFormat::ChannelsLast);
   torch::Tensor w = torch::ones({8}), b = torch::zeros({8});
   torch::Tensor got = GroupNormAct(x, {}, 2, w, b, 1e-5, true);
-  torch::Tensor expected = torch::silu(torch::group_norm(x.contiguous(), 2, w, b, 1e-5));
+  torch::Tensor expected =
+      torch::silu(torch::group_norm(x.contiguous(), 2, w, b, 1e-5));
   EXPECT_TRUE(torch::allclose(got, expected, 1e-5, 1e-6));
 }
 
 TEST(FusedOpsTest, GegluIsFirstHalfTimesGeluOfSecondHalf) {
   torch::manual_seed(5);
   torch::Tensor x = torch::randn({3, 7, 16});
-  torch::Tensor expected =
-      x.slice(-1, 0, 8) * torch::gelu(x.slice(-1, 8, 16));
+  torch::Tensor expected = x.slice(-1, 0, 8) * torch::gelu(x.slice(-1, 8, 16));
   torch::Tensor got = Geglu(x);
   ASSERT_EQ(got.sizes(), torch::IntArrayRef({3, 7, 8}));
   EXPECT_TRUE(torch::allclose(got, expected, 1e-6, 1e-7));
@@ -70,8 +70,8 @@ TEST(FusedOpsTest, AddLayerNormReturnsTheSumAndItsNormalization) {
   torch::Tensor w = torch::rand({16}) + 0.5, b = torch::randn({16});
   auto [sum, normed] = AddLayerNorm(x, r, w, b, 1e-5);
   EXPECT_TRUE(torch::allclose(sum, x + r));
-  EXPECT_TRUE(torch::allclose(normed, torch::layer_norm(x + r, {16}, w, b, 1e-5),
-                              1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(
+      normed, torch::layer_norm(x + r, {16}, w, b, 1e-5), 1e-5, 1e-6));
   auto [same, plain] = AddLayerNorm(x, {}, w, b, 1e-5);
   EXPECT_TRUE(same.is_same(x));
   EXPECT_TRUE(torch::allclose(plain, torch::layer_norm(x, {16}, w, b, 1e-5),

@@ -103,8 +103,7 @@ absl::StatusOr<torch::Tensor> GraphedForward::Run(const UNetInputs& inputs) {
   }
   const UNetInputs& s = impl_->static_inputs;
   if (inputs.sample.sizes() != s.sample.sizes() ||
-      inputs.encoder_hidden_states.sizes() !=
-          s.encoder_hidden_states.sizes()) {
+      inputs.encoder_hidden_states.sizes() != s.encoder_hidden_states.sizes()) {
     return absl::InvalidArgumentError(
         "graphed forward: input shapes differ from the captured ones");
   }

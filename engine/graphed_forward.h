@@ -7,9 +7,9 @@
 #ifndef LPD_ENGINE_GRAPHED_FORWARD_H_
 #define LPD_ENGINE_GRAPHED_FORWARD_H_
 
-#include <memory>
-
 #include <torch/types.h>
+
+#include <memory>
 
 #include "absl/status/statusor.h"
 #include "engine/unet.h"

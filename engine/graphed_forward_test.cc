@@ -44,8 +44,9 @@ TEST_F(GraphedForwardTest, OnCpuRunsTheEagerPassAndMatchesTheReference) {
   other.sample = inputs_.sample * 0.5;
   auto changed = (*runner)->Run(other);
   ASSERT_TRUE(changed.ok());
-  EXPECT_GT((*changed - vectors_.at("output.sample")).abs().max().item<double>(),
-            1e-3);
+  EXPECT_GT(
+      (*changed - vectors_.at("output.sample")).abs().max().item<double>(),
+      1e-3);
 }
 
 TEST_F(GraphedForwardTest, RejectsInputsOfAnotherShape) {

@@ -3,6 +3,11 @@
 #include <ATen/Context.h>
 #include <torch/cuda.h>
 
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -12,9 +17,39 @@
 
 namespace lpd::engine {
 
+namespace {
+
+// The units an exported student lacks, from `<dir>/lpd_pruning.json` (none
+// when the file is absent: a plain diffusers folder).
+absl::StatusOr<std::set<std::string>> ReadPrunedUnits(const std::string& dir) {
+  const std::string path = dir + "/lpd_pruning.json";
+  if (!std::filesystem::exists(path)) return std::set<std::string>{};
+  std::ifstream in(path);
+  nlohmann::json json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.is_object() ||
+      !json.contains("removed_units") || !json["removed_units"].is_array()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": not a pruning record (expected an object with a "
+              "\"removed_units\" list)"));
+  }
+  std::set<std::string> units;
+  for (const auto& unit : json["removed_units"]) {
+    if (!unit.is_string()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": removed_units holds a non-string entry"));
+    }
+    units.insert(unit.get<std::string>());
+  }
+  return units;
+}
+
+}  // namespace
+
 absl::StatusOr<UNet2DConditionModel> LoadModel(
     const std::string& dir, const LoadModelOptions& options) {
   ASSIGN_OR_RETURN(UNetConfig config, LoadUNetConfig(dir));
+  ASSIGN_OR_RETURN(std::set<std::string> removed, ReadPrunedUnits(dir));
+  removed.insert(options.removed_units.begin(), options.removed_units.end());
   ASSIGN_OR_RETURN(SafetensorsCheckpoint checkpoint,
                    SafetensorsCheckpoint::Open(dir));
   return GuardTorch(
@@ -22,7 +57,7 @@ absl::StatusOr<UNet2DConditionModel> LoadModel(
       [&]() -> absl::StatusOr<UNet2DConditionModel> {
         UNetOptions unet_options;
         unet_options.config = config;
-        unet_options.removed_units = options.removed_units;
+        unet_options.removed_units = removed;
         unet_options.tensor_options =
             torch::TensorOptions().device(options.device).dtype(options.dtype);
         auto impl = UNet2DConditionModelImpl::Create(unet_options);
@@ -44,17 +79,17 @@ absl::StatusOr<UNet2DConditionModel> LoadModel(
 absl::StatusOr<UNet2DConditionModel> BuildModelStructure(
     const std::string& dir) {
   ASSIGN_OR_RETURN(UNetConfig config, LoadUNetConfig(dir));
-  return GuardTorch(
-      absl::StrCat("building model ", dir),
-      [&]() -> absl::StatusOr<UNet2DConditionModel> {
-        UNetOptions unet_options;
-        unet_options.config = config;
-        unet_options.tensor_options =
-            torch::TensorOptions().dtype(torch::kBFloat16);
-        ASSIGN_OR_RETURN(auto impl,
-                         UNet2DConditionModelImpl::Create(unet_options));
-        return UNet2DConditionModel(impl);
-      });
+  return GuardTorch(absl::StrCat("building model ", dir),
+                    [&]() -> absl::StatusOr<UNet2DConditionModel> {
+                      UNetOptions unet_options;
+                      unet_options.config = config;
+                      unet_options.tensor_options =
+                          torch::TensorOptions().dtype(torch::kBFloat16);
+                      ASSIGN_OR_RETURN(
+                          auto impl,
+                          UNet2DConditionModelImpl::Create(unet_options));
+                      return UNet2DConditionModel(impl);
+                    });
 }
 
 absl::StatusOr<torch::Device> ParseTorchDevice(const std::string& name) {

@@ -3,10 +3,10 @@
 #ifndef LPD_ENGINE_MODEL_LOADER_H_
 #define LPD_ENGINE_MODEL_LOADER_H_
 
+#include <torch/types.h>
+
 #include <set>
 #include <string>
-
-#include <torch/types.h>
 
 #include "absl/status/statusor.h"
 #include "engine/unet.h"
@@ -16,11 +16,13 @@ namespace lpd::engine {
 struct LoadModelOptions {
   torch::Device device = torch::kCPU;
   torch::Dtype dtype = torch::kFloat32;
-  // Units to leave out of the built model (their weights are skipped).
+  // Units to leave out of the built model (their weights are skipped), in
+  // addition to those an lpd_pruning.json names.
   std::set<std::string> removed_units;
 };
 
-// Reads `<dir>/config.json`, builds the model on the requested device and
+// Reads `<dir>/config.json`, and `<dir>/lpd_pruning.json` when present (an
+// exported student: its units are left out), builds the model on the requested device and
 // dtype, and loads its weights strictly. Errors name the folder and the
 // failing part (config field, safetensors file and tensor, or the lists of
 // missing / unexpected / mis-shaped keys).

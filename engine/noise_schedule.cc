@@ -14,10 +14,9 @@ namespace lpd::engine {
 absl::StatusOr<PredictionType> ParsePredictionType(std::string_view name) {
   if (name == "epsilon") return PredictionType::kEpsilon;
   if (name == "v_prediction") return PredictionType::kVPrediction;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown prediction type \"",
-                   absl::string_view(name.data(), name.size()),
-                   "\" (expected epsilon or v_prediction)"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown prediction type \"", absl::string_view(name.data(), name.size()),
+      "\" (expected epsilon or v_prediction)"));
 }
 
 std::string_view PredictionTypeName(PredictionType type) {

@@ -28,10 +28,9 @@ class NoiseSchedule {
   // sqrt(beta_end), T, float32) ** 2, alphas_cumprod = cumprod(1 - betas),
   // all in float32 exactly as diffusers computes them (SD-1.x/2.x/XL all use
   // 0.00085, 0.012, 1000).
-  static NoiseSchedule ScaledLinear(int64_t num_train_timesteps =
-                                        kNumTrainTimesteps,
-                                    double beta_start = 0.00085,
-                                    double beta_end = 0.012);
+  static NoiseSchedule ScaledLinear(
+      int64_t num_train_timesteps = kNumTrainTimesteps,
+      double beta_start = 0.00085, double beta_end = 0.012);
 
   int64_t num_train_timesteps() const { return betas_.size(0); }
   // float32 [T] on the CPU.

@@ -205,9 +205,10 @@ absl::StatusOr<std::vector<double>> OutputLoss(
         return absl::InvalidArgumentError(absl::StrCat(
             "scoring: output without ", units[k].id, " has another shape"));
       }
-      const double mse =
-          (full64 - without[k].to(torch::kFloat64)).square().mean()
-              .item<double>();
+      const double mse = (full64 - without[k].to(torch::kFloat64))
+                             .square()
+                             .mean()
+                             .item<double>();
       weighted[k] += static_cast<double>(batch) * mse;
     }
     samples += batch;
@@ -255,13 +256,14 @@ std::string ScoreCriterionName(ScoreCriterion criterion) {
 }
 
 absl::StatusOr<ScoreCriterion> ParseScoreCriterion(const std::string& name) {
-  for (ScoreCriterion c : {ScoreCriterion::kOutputLoss,
-                           ScoreCriterion::kMagnitude, ScoreCriterion::kRandom}) {
+  for (ScoreCriterion c :
+       {ScoreCriterion::kOutputLoss, ScoreCriterion::kMagnitude,
+        ScoreCriterion::kRandom}) {
     if (ScoreCriterionName(c) == name) return c;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown scoring criterion \"", name,
-      "\" (expected output_loss, magnitude or random)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown scoring criterion \"", name,
+                   "\" (expected output_loss, magnitude or random)"));
 }
 
 absl::StatusOr<std::vector<std::string>> ShardUnitIds(
@@ -288,29 +290,29 @@ std::vector<std::string> ScorableUnitIds(const UNet2DConditionModelImpl& model,
 
 absl::StatusOr<std::string> CalibrationFingerprint(
     const std::vector<UNetInputs>& calibration) {
-  return GuardTorch("calibration fingerprint",
-                    [&]() -> absl::StatusOr<std::string> {
-    uint64_t hash = kFnvOffset;
-    auto add = [&](const std::string& name, const torch::Tensor& t) {
-      FnvUpdate(hash, name);
-      if (!t.defined()) {
-        FnvUpdate(hash, std::string("undefined"));
-        return;
-      }
-      FnvUpdate(hash, std::string(c10::toString(t.scalar_type())));
-      for (int64_t size : t.sizes()) FnvUpdate(hash, &size, sizeof(size));
-      const torch::Tensor cpu = t.detach().to(torch::kCPU).contiguous();
-      FnvUpdate(hash, cpu.data_ptr(), cpu.nbytes());
-    };
-    for (const UNetInputs& in : calibration) {
-      add("sample", in.sample);
-      add("timestep", in.timestep);
-      add("encoder_hidden_states", in.encoder_hidden_states);
-      add("text_embeds", in.text_embeds);
-      add("time_ids", in.time_ids);
-    }
-    return Hex64(hash);
-  });
+  return GuardTorch(
+      "calibration fingerprint", [&]() -> absl::StatusOr<std::string> {
+        uint64_t hash = kFnvOffset;
+        auto add = [&](const std::string& name, const torch::Tensor& t) {
+          FnvUpdate(hash, name);
+          if (!t.defined()) {
+            FnvUpdate(hash, std::string("undefined"));
+            return;
+          }
+          FnvUpdate(hash, std::string(c10::toString(t.scalar_type())));
+          for (int64_t size : t.sizes()) FnvUpdate(hash, &size, sizeof(size));
+          const torch::Tensor cpu = t.detach().to(torch::kCPU).contiguous();
+          FnvUpdate(hash, cpu.data_ptr(), cpu.nbytes());
+        };
+        for (const UNetInputs& in : calibration) {
+          add("sample", in.sample);
+          add("timestep", in.timestep);
+          add("encoder_hidden_states", in.encoder_hidden_states);
+          add("text_embeds", in.text_embeds);
+          add("time_ids", in.time_ids);
+        }
+        return Hex64(hash);
+      });
 }
 
 std::string UnitListFingerprint(const std::vector<std::string>& unit_ids) {
@@ -396,9 +398,8 @@ absl::StatusOr<Scores> MergeScores(const std::vector<Scores>& shards) {
   const Scores& first = shards.front();
   const int count = first.shard.count;
   if (static_cast<int>(shards.size()) != count) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("merge scores: the run has ", count, " shards, got ",
-                     shards.size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "merge scores: the run has ", count, " shards, got ", shards.size()));
   }
   std::vector<const Scores*> by_index(count, nullptr);
   for (const Scores& s : shards) {
@@ -463,16 +464,16 @@ nlohmann::json ScoresToJson(const Scores& scores) {
                      {"params", u.params},
                      {"score", u.score}});
   }
-  return {{"criterion", scores.criterion},
-          {"calibration_samples", scores.calibration_samples},
-          {"seed", scores.seed},
-          {"calibration_fingerprint", scores.calibration_fingerprint},
-          {"total_units", scores.total_units},
-          {"units_fingerprint", scores.units_fingerprint},
-          {"total_params", scores.total_params},
-          {"shard", {{"index", scores.shard.index},
-                     {"count", scores.shard.count}}},
-          {"units", std::move(units)}};
+  return {
+      {"criterion", scores.criterion},
+      {"calibration_samples", scores.calibration_samples},
+      {"seed", scores.seed},
+      {"calibration_fingerprint", scores.calibration_fingerprint},
+      {"total_units", scores.total_units},
+      {"units_fingerprint", scores.units_fingerprint},
+      {"total_params", scores.total_params},
+      {"shard", {{"index", scores.shard.index}, {"count", scores.shard.count}}},
+      {"units", std::move(units)}};
 }
 
 namespace {
@@ -599,11 +600,11 @@ absl::StatusOr<Scores> ScoresFromJson(const nlohmann::json& json) {
   }
   if (static_cast<int64_t>(scores.units.size()) !=
       ShardSize(scores.total_units, scores.shard)) {
-    return FieldError("units",
-                      absl::StrCat("holds ", scores.units.size(),
-                                   " units; shard ", index, " of ", count,
-                                   " of ", scores.total_units, " units holds ",
-                                   ShardSize(scores.total_units, scores.shard)));
+    return FieldError(
+        "units",
+        absl::StrCat("holds ", scores.units.size(), " units; shard ", index,
+                     " of ", count, " of ", scores.total_units, " units holds ",
+                     ShardSize(scores.total_units, scores.shard)));
   }
   if (scores.shard.count == 1) {
     std::vector<std::string> ids;

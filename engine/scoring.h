@@ -27,12 +27,12 @@
 #ifndef LPD_ENGINE_SCORING_H_
 #define LPD_ENGINE_SCORING_H_
 
+#include <torch/types.h>
+
 #include <cstdint>
 #include <set>
 #include <string>
 #include <vector>
-
-#include <torch/types.h>
 
 #include "absl/status/statusor.h"
 #include "engine/unet.h"
@@ -142,8 +142,8 @@ inline std::vector<selection::ScoredUnit> ToScoredUnits(const Scores& scores) {
   std::vector<selection::ScoredUnit> out;
   out.reserve(scores.units.size());
   for (const UnitScore& u : scores.units) {
-    out.push_back({.id = u.id, .params = u.params, .score = u.score,
-                   .removable = true});
+    out.push_back(
+        {.id = u.id, .params = u.params, .score = u.score, .removable = true});
   }
   return out;
 }

@@ -47,8 +47,8 @@ absl::StatusOr<DatasetManifest> WriteSyntheticDataset(
     const std::string& dir) {
   const int64_t size =
       options.latent_size > 0 ? options.latent_size : config.sample_size;
-  if (options.num_samples < 1 || options.shard_size < 1 || options.seq_len < 1 ||
-      size < 1) {
+  if (options.num_samples < 1 || options.shard_size < 1 ||
+      options.seq_len < 1 || size < 1) {
     return absl::InvalidArgumentError(
         "synthetic dataset: samples, shard size, sequence length and latent "
         "size must be ≥ 1");
@@ -63,21 +63,20 @@ absl::StatusOr<DatasetManifest> WriteSyntheticDataset(
   }
   DatasetManifest m;
   m.num_samples = options.num_samples;
-  m.vae_scaling_factor = options.vae_scaling_factor > 0
-                             ? options.vae_scaling_factor
-                             : (config.text_time_embedding
-                                    ? kSdxlVaeScalingFactor
-                                    : kSd1VaeScalingFactor);
+  m.vae_scaling_factor =
+      options.vae_scaling_factor > 0
+          ? options.vae_scaling_factor
+          : (config.text_time_embedding ? kSdxlVaeScalingFactor
+                                        : kSd1VaeScalingFactor);
   m.tensors[kLatents] = {{config.in_channels, size, size}, options.dtype};
   m.tensors[kEncoderHiddenStates] = {
       {options.seq_len, config.cross_attention_dim}, options.dtype};
   int64_t k = 0;
   if (config.text_time_embedding) {
     ASSIGN_OR_RETURN(k, ResolveTimeIdsDim(config, options.time_ids_dim));
-    m.tensors[kTextEmbeds] = {
-        {config.projection_class_embeddings_input_dim -
-         k * config.addition_time_embed_dim},
-        options.dtype};
+    m.tensors[kTextEmbeds] = {{config.projection_class_embeddings_input_dim -
+                               k * config.addition_time_embed_dim},
+                              options.dtype};
     m.tensors[kTimeIds] = {{k}, options.dtype};
   }
   for (int64_t begin = 0, i = 0; begin < options.num_samples;
@@ -106,8 +105,8 @@ absl::StatusOr<DatasetManifest> WriteSyntheticDataset(
       const auto f32 = torch::dtype(torch::kFloat32);
       std::map<std::string, torch::Tensor> tensors;
       const int64_t coarse = std::max<int64_t>(1, size / 8);
-      torch::Tensor low = torch::randn({n, config.in_channels, coarse, coarse},
-                                       gen, f32);
+      torch::Tensor low =
+          torch::randn({n, config.in_channels, coarse, coarse}, gen, f32);
       low = torch::nn::functional::interpolate(
           low, torch::nn::functional::InterpolateFuncOptions()
                    .size(std::vector<int64_t>{size, size})
@@ -126,12 +125,12 @@ absl::StatusOr<DatasetManifest> WriteSyntheticDataset(
             torch::randn({n, m.tensors[kTextEmbeds].shape[0]}, gen, f32)
                 .to(dtype);
         const double target = 8.0 * static_cast<double>(size);
-        torch::Tensor orig = (target * (1 + 0.5 * torch::rand({n, 2}, gen, f32))).floor();
+        torch::Tensor orig =
+            (target * (1 + 0.5 * torch::rand({n, 2}, gen, f32))).floor();
         torch::Tensor crop =
             ((orig - target + 1) * torch::rand({n, 2}, gen, f32)).floor();
-        torch::Tensor tail =
-            k == 5 ? 5 + 2 * torch::rand({n, 1}, gen, f32)
-                   : torch::full({n, 2}, target, f32);
+        torch::Tensor tail = k == 5 ? 5 + 2 * torch::rand({n, 1}, gen, f32)
+                                    : torch::full({n, 2}, target, f32);
         torch::Tensor ids = torch::cat({orig, crop, tail}, 1);
         if (ids.size(1) < k) {
           ids = torch::cat({ids, torch::zeros({n, k - ids.size(1)}, f32)}, 1);

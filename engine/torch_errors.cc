@@ -1,9 +1,9 @@
 #include "engine/torch_errors.h"
 
+#include <c10/util/Exception.h>
+
 #include <stdexcept>
 #include <string>
-
-#include <c10/util/Exception.h>
 
 #include "absl/strings/str_cat.h"
 
@@ -34,7 +34,8 @@ absl::Status StatusFromException(std::exception_ptr error,
     return absl::InternalError(
         absl::StrCat(what_failed, ": ", Headline(e.what_without_backtrace())));
   } catch (const std::invalid_argument& e) {
-    return absl::InvalidArgumentError(absl::StrCat(what_failed, ": ", e.what()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what_failed, ": ", e.what()));
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(
         absl::StrCat(what_failed, ": out of host memory"));

@@ -5,11 +5,11 @@
 #define LPD_ENGINE_TORCH_ERRORS_H_
 
 #include <exception>
-#include "absl/strings/string_view.h"
 #include <type_traits>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace lpd::engine {
 

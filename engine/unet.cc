@@ -1,15 +1,15 @@
 #include "engine/unet.h"
 
+#include <ATen/ATen.h>
+#include <torch/utils.h>
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
-#include <ATen/ATen.h>
-#include <torch/utils.h>
-
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/match.h"
 #include "common/status_macros.h"
 #include "engine/tensor_io.h"
 
@@ -39,8 +39,8 @@ int64_t AttentionShellParameters(int64_t channels) {
 }
 
 std::string Join(const std::vector<std::string>& names, size_t limit = 20) {
-  std::vector<std::string> shown(
-      names.begin(), names.begin() + std::min(limit, names.size()));
+  std::vector<std::string> shown(names.begin(),
+                                 names.begin() + std::min(limit, names.size()));
   std::string text = absl::StrJoin(shown, ", ");
   if (names.size() > limit) {
     absl::StrAppend(&text, ", ... (", names.size() - limit, " more)");
@@ -67,13 +67,13 @@ std::string_view UnitKindName(UnitKind kind) {
 }
 
 absl::StatusOr<UnitKind> ParseUnitKind(std::string_view name) {
-  for (UnitKind kind : {UnitKind::kResnet, UnitKind::kAttention,
-                        UnitKind::kTransformerBlock}) {
+  for (UnitKind kind :
+       {UnitKind::kResnet, UnitKind::kAttention, UnitKind::kTransformerBlock}) {
     if (name == UnitKindName(kind)) return kind;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown unit kind \"", std::string(name),
-      "\" (expected resnet, attention or transformer_block)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown unit kind \"", std::string(name),
+                   "\" (expected resnet, attention or transformer_block)"));
 }
 
 UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetOptions& options)
@@ -100,7 +100,8 @@ absl::Status UNet2DConditionModelImpl::Build() {
   const UNetConfig& cfg = options_.config;
   const auto& to = options_.tensor_options;
   const int64_t n_blocks = static_cast<int64_t>(cfg.block_out_channels.size());
-  if (n_blocks == 0 || cfg.down_block_types.size() != cfg.block_out_channels.size() ||
+  if (n_blocks == 0 ||
+      cfg.down_block_types.size() != cfg.block_out_channels.size() ||
       cfg.up_block_types.size() != cfg.block_out_channels.size()) {
     return absl::InvalidArgumentError(
         "config: down_block_types, up_block_types and block_out_channels must "
@@ -123,12 +124,13 @@ absl::Status UNet2DConditionModelImpl::Build() {
     step.resnet_unit = unit;
     steps_.push_back(step);
     if (!removed.contains(id)) {
-      resnets_.emplace(id, container.Add(
-          index, ResnetBlock2D(ResnetBlock2DOptions(in, out, temb)
-                                   .groups(groups)
-                                   .eps(cfg.norm_eps)
-                                   .output_scale_factor(scale)
-                                   .tensor_options(to))));
+      resnets_.emplace(
+          id,
+          container.Add(index, ResnetBlock2D(ResnetBlock2DOptions(in, out, temb)
+                                                 .groups(groups)
+                                                 .eps(cfg.norm_eps)
+                                                 .output_scale_factor(scale)
+                                                 .tensor_options(to))));
     }
   };
   auto attention_steps = [&](NumberedModulesImpl& container,
@@ -141,8 +143,7 @@ absl::Status UNet2DConditionModelImpl::Build() {
     enter.attention_unit = att;
     steps_.push_back(enter);
     for (int64_t k = 0; k < layers; ++k) {
-      const std::string block_id =
-          absl::StrCat(id, ".transformer_blocks.", k);
+      const std::string block_id = absl::StrCat(id, ".transformer_blocks.", k);
       const int unit = AddUnit(block_id, UnitKind::kTransformerBlock, true);
       attention_of_block_[unit] = att;
       units_[unit].num_parameters =
@@ -160,15 +161,17 @@ absl::Status UNet2DConditionModelImpl::Build() {
     exit.attention_unit = att;
     steps_.push_back(exit);
     if (!removed.contains(id) && !kept_blocks.empty()) {
-      attentions_.emplace(id, container.Add(
-          index, Transformer2DModel(
-                     Transformer2DModelOptions(channels, heads,
-                                               cfg.cross_attention_dim)
-                         .groups(groups)
-                         .use_linear_projection(cfg.use_linear_projection)
-                         .upcast_attention(cfg.upcast_attention)
-                         .block_indices(kept_blocks)
-                         .tensor_options(to))));
+      attentions_.emplace(
+          id,
+          container.Add(
+              index, Transformer2DModel(
+                         Transformer2DModelOptions(channels, heads,
+                                                   cfg.cross_attention_dim)
+                             .groups(groups)
+                             .use_linear_projection(cfg.use_linear_projection)
+                             .upcast_attention(cfg.upcast_attention)
+                             .block_indices(kept_blocks)
+                             .tensor_options(to))));
     }
   };
   auto capture = [&](const std::string& name) {
@@ -181,7 +184,8 @@ absl::Status UNet2DConditionModelImpl::Build() {
   };
   auto new_block = [&](torch::nn::Module& parent, const std::string& name,
                        bool has_attention, const char* sampler_name) {
-    auto block = parent.register_module(name, std::make_shared<torch::nn::Module>());
+    auto block =
+        parent.register_module(name, std::make_shared<torch::nn::Module>());
     BlockContainers c;
     c.resnets = block->register_module("resnets", NumberedModules());
     if (has_attention) {
@@ -194,13 +198,14 @@ absl::Status UNet2DConditionModelImpl::Build() {
   };
 
   conv_in = register_module(
-      "conv_in", Conv2d(Conv2dOptions(cfg.in_channels, cfg.block_out_channels[0], 3)
-                            .padding(1)
-                            .tensor_options(to)));
+      "conv_in",
+      Conv2d(Conv2dOptions(cfg.in_channels, cfg.block_out_channels[0], 3)
+                 .padding(1)
+                 .tensor_options(to)));
   time_embedding = register_module(
-      "time_embedding",
-      TimestepEmbedding(TimestepEmbeddingOptions(cfg.block_out_channels[0], temb)
-                            .tensor_options(to)));
+      "time_embedding", TimestepEmbedding(TimestepEmbeddingOptions(
+                                              cfg.block_out_channels[0], temb)
+                                              .tensor_options(to)));
   if (cfg.text_time_embedding) {
     add_embedding = register_module(
         "add_embedding",
@@ -247,7 +252,8 @@ absl::Status UNet2DConditionModelImpl::Build() {
   // Mid block.
   {
     const int64_t channels = cfg.block_out_channels.back();
-    auto mid = register_module("mid_block", std::make_shared<torch::nn::Module>());
+    auto mid =
+        register_module("mid_block", std::make_shared<torch::nn::Module>());
     auto resnets = mid->register_module("resnets", NumberedModules());
     auto attentions = mid->register_module("attentions", NumberedModules());
     resnet_step(*resnets, "mid_block.resnets.0", 0, channels, channels,
@@ -274,7 +280,8 @@ absl::Status UNet2DConditionModelImpl::Build() {
     const int64_t prev_output_channel = output_channel;
     output_channel = rev_channels[i];
     const int64_t input_channel = rev_channels[std::min(i + 1, n_blocks - 1)];
-    const bool cross = cfg.up_block_types[i] == UpBlockType::kCrossAttnUpBlock2D;
+    const bool cross =
+        cfg.up_block_types[i] == UpBlockType::kCrossAttnUpBlock2D;
     const std::string prefix = absl::StrCat("up_blocks.", i);
     BlockContainers c = new_block(*up_blocks, std::to_string(i), cross,
                                   is_final ? nullptr : "upsamplers");
@@ -294,7 +301,8 @@ absl::Status UNet2DConditionModelImpl::Build() {
     }
     if (!is_final) {
       const std::string id = absl::StrCat(prefix, ".upsamplers.0");
-      upsamplers_.emplace(id, c.samplers->Add(0, Upsample2D(output_channel, to)));
+      upsamplers_.emplace(id,
+                          c.samplers->Add(0, Upsample2D(output_channel, to)));
       steps_.push_back(UNetStep{UNetStep::Op::kUpsample, id});
     }
     capture(prefix);
@@ -302,8 +310,9 @@ absl::Status UNet2DConditionModelImpl::Build() {
 
   conv_norm_out = register_module(
       "conv_norm_out",
-      GroupNorm(GroupNormOptions(groups, cfg.block_out_channels[0], cfg.norm_eps)
-                    .tensor_options(to)));
+      GroupNorm(
+          GroupNormOptions(groups, cfg.block_out_channels[0], cfg.norm_eps)
+              .tensor_options(to)));
   conv_out = register_module(
       "conv_out",
       Conv2d(Conv2dOptions(cfg.block_out_channels[0], cfg.out_channels, 3)
@@ -312,10 +321,12 @@ absl::Status UNet2DConditionModelImpl::Build() {
   steps_.push_back(UNetStep{UNetStep::Op::kConvOut, "conv_out"});
 
   // Validate the build-time removal against the finished unit table.
-  ASSIGN_OR_RETURN(std::vector<std::string> effective, EffectiveRemoval(removed));
+  ASSIGN_OR_RETURN(std::vector<std::string> effective,
+                   EffectiveRemoval(removed));
   (void)effective;
   built_removed_.assign(units_.size(), false);
-  for (const std::string& id : removed) built_removed_[unit_index_.at(id)] = true;
+  for (const std::string& id : removed)
+    built_removed_[unit_index_.at(id)] = true;
   return absl::OkStatus();
 }
 
@@ -431,10 +442,10 @@ absl::Status UNet2DConditionModelImpl::ValidateInputs(
   const auto& ehs = in.encoder_hidden_states;
   if (!ehs.defined() || ehs.dim() != 3 || ehs.size(0) != batch ||
       ehs.size(2) != cfg.cross_attention_dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "encoder_hidden_states: expected [", batch, ", L, ",
-        cfg.cross_attention_dim, "], got ",
-        ehs.defined() ? ShapeString(ehs.sizes()) : "nothing"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("encoder_hidden_states: expected [", batch, ", L, ",
+                     cfg.cross_attention_dim, "], got ",
+                     ehs.defined() ? ShapeString(ehs.sizes()) : "nothing"));
   }
   if (cfg.text_time_embedding) {
     if (!in.text_embeds.defined() || !in.time_ids.defined() ||
@@ -572,10 +583,9 @@ absl::Status UNet2DConditionModelImpl::LoadWeights(
       continue;
     }
     if (torch::IntArrayRef(found.entry->shape) != item.value().sizes()) {
-      mismatched.push_back(absl::StrCat(item.key(), " (checkpoint ",
-                                        ShapeString(found.entry->shape),
-                                        ", model ",
-                                        ShapeString(item.value().sizes()), ")"));
+      mismatched.push_back(absl::StrCat(
+          item.key(), " (checkpoint ", ShapeString(found.entry->shape),
+          ", model ", ShapeString(item.value().sizes()), ")"));
     }
   }
   for (const std::string& name : checkpoint.Names()) {
@@ -592,28 +602,28 @@ absl::Status UNet2DConditionModelImpl::LoadWeights(
   if (!missing.empty() || !mismatched.empty() || !unexpected.empty()) {
     std::vector<std::string> parts;
     if (!missing.empty()) {
-      parts.push_back(absl::StrCat(missing.size(), " missing key(s): ",
-                                   Join(missing)));
+      parts.push_back(
+          absl::StrCat(missing.size(), " missing key(s): ", Join(missing)));
     }
     if (!unexpected.empty()) {
-      parts.push_back(absl::StrCat(unexpected.size(), " unexpected key(s): ",
-                                   Join(unexpected)));
+      parts.push_back(absl::StrCat(unexpected.size(),
+                                   " unexpected key(s): ", Join(unexpected)));
     }
     if (!mismatched.empty()) {
-      parts.push_back(absl::StrCat(mismatched.size(), " mis-shaped key(s): ",
-                                   Join(mismatched)));
+      parts.push_back(absl::StrCat(mismatched.size(),
+                                   " mis-shaped key(s): ", Join(mismatched)));
     }
-    return absl::InvalidArgumentError(absl::StrCat(
-        "checkpoint does not match the model config: ",
-        absl::StrJoin(parts, "; ")));
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint does not match the model config: ",
+                     absl::StrJoin(parts, "; ")));
   }
   torch::NoGradGuard no_grad;
   for (auto& item : params) {
     auto found = checkpoint.Find(item.key());
-    ASSIGN_OR_RETURN(torch::Tensor value,
-                     MaterializeTensor(*found.file, *found.entry,
-                                       item.value().device(),
-                                       item.value().scalar_type()));
+    ASSIGN_OR_RETURN(
+        torch::Tensor value,
+        MaterializeTensor(*found.file, *found.entry, item.value().device(),
+                          item.value().scalar_type()));
     item.value().copy_(value);
   }
   return absl::OkStatus();

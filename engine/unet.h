@@ -15,16 +15,16 @@
 #ifndef LPD_ENGINE_UNET_H_
 #define LPD_ENGINE_UNET_H_
 
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
 #include <cstdint>
 #include <map>
 #include <optional>
 #include <set>
 #include <string>
 #include <vector>
-
-#include <torch/nn/module.h>
-#include <torch/nn/pimpl.h>
-#include <torch/types.h>
 
 #include "absl/status/statusor.h"
 #include "engine/safetensors.h"
@@ -63,23 +63,23 @@ struct UNetInputs {
 // One step of the forward program.
 struct UNetStep {
   enum class Op {
-    kConvIn,       // h = conv_in(sample); push h
-    kResnet,       // down/mid: h = resnet(h)
-    kUpResnet,     // s = pop; h = removed ? h : resnet(cat(h, s))
-    kAttnEnter,    // residual = h; tokens = enter(h)
+    kConvIn,            // h = conv_in(sample); push h
+    kResnet,            // down/mid: h = resnet(h)
+    kUpResnet,          // s = pop; h = removed ? h : resnet(cat(h, s))
+    kAttnEnter,         // residual = h; tokens = enter(h)
     kTransformerBlock,  // tokens = block(tokens)
-    kAttnExit,     // h = exit(tokens, residual)
-    kPushSkip,     // push h
-    kDownsample,   // h = downsample(h); push h
-    kUpsample,     // h = upsample(h, size of the next skip)
-    kCapture,      // outputs[name] = h
-    kConvOut,      // h = conv_out(silu(norm(h)))
+    kAttnExit,          // h = exit(tokens, residual)
+    kPushSkip,          // push h
+    kDownsample,        // h = downsample(h); push h
+    kUpsample,          // h = upsample(h, size of the next skip)
+    kCapture,           // outputs[name] = h
+    kConvOut,           // h = conv_out(silu(norm(h)))
   };
   Op op;
-  std::string name;       // module path or capture name
-  int resnet_unit = -1;   // index into the unit table, or -1
+  std::string name;      // module path or capture name
+  int resnet_unit = -1;  // index into the unit table, or -1
   int attention_unit = -1;
-  int block_unit = -1;    // transformer block unit
+  int block_unit = -1;  // transformer block unit
   int64_t block_index = -1;
 };
 
@@ -97,7 +97,8 @@ struct UNetOptions {
   UNetConfig config;
   // Units left out of the model (their ids, any kind and granularity).
   std::set<std::string> removed_units;
-  torch::TensorOptions tensor_options = torch::TensorOptions().dtype(torch::kFloat32);
+  torch::TensorOptions tensor_options =
+      torch::TensorOptions().dtype(torch::kFloat32);
 };
 
 class UNet2DConditionModelImpl : public torch::nn::Module {
@@ -170,7 +171,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   std::vector<PrunableUnit> units_;
   std::map<std::string, int> unit_index_;
   std::vector<int> attention_of_block_;  // block unit → attention unit
-  std::vector<bool> built_removed_;     // per unit: left out at build
+  std::vector<bool> built_removed_;      // per unit: left out at build
   std::vector<UNetStep> steps_;
 
   Conv2d conv_in{nullptr}, conv_out{nullptr};

@@ -1,9 +1,9 @@
 #include "engine/unet_modules.h"
 
-#include <cmath>
-
 #include <ATen/ATen.h>
 #include <torch/version.h>
+
+#include <cmath>
 
 #include "engine/fused_ops.h"
 
@@ -80,11 +80,9 @@ torch::Tensor TimestepEmbeddingFeatures(const torch::Tensor& timesteps,
                                         int64_t dim, bool flip_sin_to_cos,
                                         double downscale_freq_shift) {
   const int64_t half = dim / 2;
-  const auto f32 = torch::TensorOptions()
-                       .dtype(torch::kFloat32)
-                       .device(timesteps.device());
-  torch::Tensor exponent =
-      torch::arange(0, half, f32) * (-std::log(10000.0));
+  const auto f32 =
+      torch::TensorOptions().dtype(torch::kFloat32).device(timesteps.device());
+  torch::Tensor exponent = torch::arange(0, half, f32) * (-std::log(10000.0));
   exponent = exponent / (static_cast<double>(half) - downscale_freq_shift);
   torch::Tensor freqs = torch::exp(exponent);
   torch::Tensor args =
@@ -100,10 +98,10 @@ torch::Tensor TimestepEmbeddingFeatures(const torch::Tensor& timesteps,
 // ---------------------------------------------------------------- leaves
 
 Conv2dImpl::Conv2dImpl(const Conv2dOptions& o) : options(o) {
-  weight = NewParameter(*this, "weight",
-                        {o.out_channels(), o.in_channels(), o.kernel_size(),
-                         o.kernel_size()},
-                        o.tensor_options());
+  weight = NewParameter(
+      *this, "weight",
+      {o.out_channels(), o.in_channels(), o.kernel_size(), o.kernel_size()},
+      o.tensor_options());
   bias = NewParameter(*this, "bias", {o.out_channels()}, o.tensor_options());
 }
 
@@ -134,7 +132,8 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
 }
 
 GroupNormImpl::GroupNormImpl(const GroupNormOptions& o) : options(o) {
-  weight = NewParameter(*this, "weight", {o.num_channels()}, o.tensor_options());
+  weight =
+      NewParameter(*this, "weight", {o.num_channels()}, o.tensor_options());
   bias = NewParameter(*this, "bias", {o.num_channels()}, o.tensor_options());
 }
 
@@ -145,8 +144,8 @@ torch::Tensor GroupNormImpl::forward(const torch::Tensor& x) {
 
 torch::Tensor GroupNormImpl::ForwardSilu(const torch::Tensor& x,
                                          const torch::Tensor& add) {
-  return GroupNormAct(x, add, options.num_groups(), weight, bias,
-                      options.eps(), /*silu=*/true);
+  return GroupNormAct(x, add, options.num_groups(), weight, bias, options.eps(),
+                      /*silu=*/true);
 }
 
 LayerNormImpl::LayerNormImpl(const LayerNormOptions& o) : options(o) {
@@ -185,9 +184,8 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o)
                           .padding(1)
                           .tensor_options(to)));
   time_emb_proj = register_module(
-      "time_emb_proj",
-      Linear(LinearOptions(o.temb_channels(), o.out_channels())
-                 .tensor_options(to)));
+      "time_emb_proj", Linear(LinearOptions(o.temb_channels(), o.out_channels())
+                                  .tensor_options(to)));
   norm2 = register_module(
       "norm2", GroupNorm(GroupNormOptions(o.groups(), o.out_channels(), o.eps())
                              .tensor_options(to)));
@@ -223,11 +221,14 @@ AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
       o.cross_attention_dim() > 0 ? o.cross_attention_dim() : o.query_dim();
   to_q = register_module(
       "to_q",
-      Linear(LinearOptions(o.query_dim(), inner).bias(false).tensor_options(to)));
+      Linear(
+          LinearOptions(o.query_dim(), inner).bias(false).tensor_options(to)));
   to_k = register_module(
-      "to_k", Linear(LinearOptions(kv_dim, inner).bias(false).tensor_options(to)));
+      "to_k",
+      Linear(LinearOptions(kv_dim, inner).bias(false).tensor_options(to)));
   to_v = register_module(
-      "to_v", Linear(LinearOptions(kv_dim, inner).bias(false).tensor_options(to)));
+      "to_v",
+      Linear(LinearOptions(kv_dim, inner).bias(false).tensor_options(to)));
   to_out = register_module("to_out", NumberedModules());
   to_out_0 = to_out->Add(
       0, Linear(LinearOptions(inner, o.query_dim()).tensor_options(to)));
@@ -253,8 +254,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x,
     FlopCounter::Add(2 * (fused_input.numel() / fused_input.size(-1)) *
                      fused_weight.numel());
   }
-  auto parts = at::linear(fused_input, fused_weight)
-                   .chunk(self_attention ? 3 : 2, -1);
+  auto parts =
+      at::linear(fused_input, fused_weight).chunk(self_attention ? 3 : 2, -1);
   if (self_attention) {
     q = parts[0], k = parts[1], v = parts[2];
   } else {
@@ -293,7 +294,8 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(
   const int64_t inner = 4 * o.dim();
   ff_proj = geglu->register_module(
       "proj", Linear(LinearOptions(o.dim(), 2 * inner).tensor_options(to)));
-  ff_out = net->Add(2, Linear(LinearOptions(inner, o.dim()).tensor_options(to)));
+  ff_out =
+      net->Add(2, Linear(LinearOptions(inner, o.dim()).tensor_options(to)));
 }
 
 torch::Tensor BasicTransformerBlockImpl::forward(const torch::Tensor& x,
@@ -313,7 +315,8 @@ Transformer2DModelImpl::Transformer2DModelImpl(
   const auto& to = o.tensor_options();
   const int64_t c = o.channels();
   norm = register_module(
-      "norm", GroupNorm(GroupNormOptions(o.groups(), c, 1e-6).tensor_options(to)));
+      "norm",
+      GroupNorm(GroupNormOptions(o.groups(), c, 1e-6).tensor_options(to)));
   if (o.use_linear_projection()) {
     proj_in_linear = register_module(
         "proj_in", Linear(LinearOptions(c, c).tensor_options(to)));
@@ -323,12 +326,14 @@ Transformer2DModelImpl::Transformer2DModelImpl(
   }
   transformer_blocks = register_module("transformer_blocks", NumberedModules());
   for (int64_t index : o.block_indices()) {
-    blocks.emplace(index, transformer_blocks->Add(
-        index, BasicTransformerBlock(BasicTransformerBlockOptions(
-                                         c, o.heads(), c / o.heads(),
-                                         o.cross_attention_dim())
-                                         .upcast_attention(o.upcast_attention())
-                                         .tensor_options(to))));
+    blocks.emplace(
+        index,
+        transformer_blocks->Add(
+            index, BasicTransformerBlock(
+                       BasicTransformerBlockOptions(c, o.heads(), c / o.heads(),
+                                                    o.cross_attention_dim())
+                           .upcast_attention(o.upcast_attention())
+                           .tensor_options(to))));
   }
   if (o.use_linear_projection()) {
     proj_out_linear = register_module(
@@ -367,11 +372,10 @@ BasicTransformerBlock Transformer2DModelImpl::Block(int64_t index) const {
 Downsample2DImpl::Downsample2DImpl(int64_t channels, int64_t padding_,
                                    torch::TensorOptions tensor_options)
     : padding(padding_) {
-  conv = register_module(
-      "conv", Conv2d(Conv2dOptions(channels, channels, 3)
-                         .stride(2)
-                         .padding(padding)
-                         .tensor_options(tensor_options)));
+  conv = register_module("conv", Conv2d(Conv2dOptions(channels, channels, 3)
+                                            .stride(2)
+                                            .padding(padding)
+                                            .tensor_options(tensor_options)));
 }
 
 torch::Tensor Downsample2DImpl::forward(const torch::Tensor& x) {
@@ -381,14 +385,13 @@ torch::Tensor Downsample2DImpl::forward(const torch::Tensor& x) {
 
 Upsample2DImpl::Upsample2DImpl(int64_t channels,
                                torch::TensorOptions tensor_options) {
-  conv = register_module(
-      "conv", Conv2d(Conv2dOptions(channels, channels, 3)
-                         .padding(1)
-                         .tensor_options(tensor_options)));
+  conv = register_module("conv", Conv2d(Conv2dOptions(channels, channels, 3)
+                                            .padding(1)
+                                            .tensor_options(tensor_options)));
 }
 
-torch::Tensor Upsample2DImpl::forward(const torch::Tensor& x,
-                                      std::optional<std::vector<int64_t>> size) {
+torch::Tensor Upsample2DImpl::forward(
+    const torch::Tensor& x, std::optional<std::vector<int64_t>> size) {
   const std::vector<int64_t> out_size =
       size ? *size : std::vector<int64_t>{x.size(2) * 2, x.size(3) * 2};
   // diffusers upsamples bf16 in float32 (nearest is exact either way).

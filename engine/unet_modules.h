@@ -15,14 +15,14 @@
 #ifndef LPD_ENGINE_UNET_MODULES_H_
 #define LPD_ENGINE_UNET_MODULES_H_
 
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
 #include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
-
-#include <torch/nn/module.h>
-#include <torch/nn/pimpl.h>
-#include <torch/types.h>
 
 namespace lpd::engine {
 
@@ -190,7 +190,8 @@ struct ResnetBlock2DOptions {
 };
 
 // diffusers' ResnetBlock2D with the "default" time-embedding norm:
-// out = (shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(t))))))
+// out = (shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) +
+// proj(silu(t))))))
 //       / output_scale_factor, with a 1×1 `conv_shortcut` when channels change.
 class ResnetBlock2DImpl : public torch::nn::Module {
  public:
@@ -288,7 +289,8 @@ class Transformer2DModelImpl : public torch::nn::Module {
  public:
   explicit Transformer2DModelImpl(const Transformer2DModelOptions& options);
   torch::Tensor Enter(const torch::Tensor& x);
-  torch::Tensor Exit(const torch::Tensor& tokens, const torch::Tensor& residual);
+  torch::Tensor Exit(const torch::Tensor& tokens,
+                     const torch::Tensor& residual);
   // The block with checkpoint index `index`, or nullptr if it was left out.
   BasicTransformerBlock Block(int64_t index) const;
 

@@ -1,15 +1,15 @@
 #include "engine/unet.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <string>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
-#include <torch/torch.h>
 
 #include "engine/model_loader.h"
 #include "engine/tensor_io.h"
@@ -37,14 +37,18 @@ UNetInputs InputsFrom(const std::map<std::string, torch::Tensor>& v) {
   in.sample = v.at("input.sample");
   in.timestep = v.at("input.timestep");
   in.encoder_hidden_states = v.at("input.encoder_hidden_states");
-  if (v.contains("input.text_embeds")) in.text_embeds = v.at("input.text_embeds");
+  if (v.contains("input.text_embeds"))
+    in.text_embeds = v.at("input.text_embeds");
   if (v.contains("input.time_ids")) in.time_ids = v.at("input.time_ids");
   return in;
 }
 
 double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) {
   EXPECT_EQ(a.sizes(), b.sizes());
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
+  return (a.to(torch::kFloat64) - b.to(torch::kFloat64))
+      .abs()
+      .max()
+      .item<double>();
 }
 
 UNet2DConditionModel LoadGolden(const std::string& name,
@@ -244,7 +248,8 @@ void CheckFullSizeModel(const std::string& file, UnitKind inner,
   EXPECT_EQ(counted, held_by_units);
   EXPECT_LT(counted, expected_params);
   // Random weights were really written (not left uninitialized zeros/NaN).
-  torch::Tensor w = (*model)->named_parameters()["conv_in.weight"].to(torch::kFloat32);
+  torch::Tensor w =
+      (*model)->named_parameters()["conv_in.weight"].to(torch::kFloat32);
   EXPECT_TRUE(torch::isfinite(w).all().item<bool>());
   EXPECT_GT(w.std().item<double>(), 0.01);
 }
@@ -304,7 +309,8 @@ class TempDir {
 TEST(UNetTest, CheckpointWithOtherKeysListsMissingAndUnexpected) {
   // tiny-sd15's weights under tiny-sdxl's config.
   TempDir dir;
-  fs::copy_file(GoldenDir("tiny-sdxl") + "/config.json", dir.path() + "/config.json");
+  fs::copy_file(GoldenDir("tiny-sdxl") + "/config.json",
+                dir.path() + "/config.json");
   fs::copy_file(GoldenDir("tiny-sd15") + "/diffusion_pytorch_model.safetensors",
                 dir.path() + "/diffusion_pytorch_model.safetensors");
   auto model = LoadModel(dir.path(), {});
@@ -312,7 +318,8 @@ TEST(UNetTest, CheckpointWithOtherKeysListsMissingAndUnexpected) {
   EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(model.status().message(), HasSubstr("missing key(s)"));
   EXPECT_THAT(model.status().message(), HasSubstr("unexpected key(s)"));
-  EXPECT_THAT(model.status().message(), HasSubstr("add_embedding.linear_1.weight"));
+  EXPECT_THAT(model.status().message(),
+              HasSubstr("add_embedding.linear_1.weight"));
   EXPECT_THAT(model.status().message(), HasSubstr(dir.path()));
 }
 
@@ -333,14 +340,17 @@ TEST(UNetTest, CheckpointWithWrongShapesListsThem) {
 
 TEST(UNetTest, TruncatedWeightsFileIsAClearError) {
   TempDir dir;
-  fs::copy_file(GoldenDir("tiny-sd15") + "/config.json", dir.path() + "/config.json");
-  const std::string weights = dir.path() + "/diffusion_pytorch_model.safetensors";
+  fs::copy_file(GoldenDir("tiny-sd15") + "/config.json",
+                dir.path() + "/config.json");
+  const std::string weights =
+      dir.path() + "/diffusion_pytorch_model.safetensors";
   fs::copy_file(GoldenDir("tiny-sd15") + "/diffusion_pytorch_model.safetensors",
                 weights);
   fs::resize_file(weights, fs::file_size(weights) / 2);
   auto model = LoadModel(dir.path(), {});
   ASSERT_FALSE(model.ok());
-  EXPECT_THAT(model.status().message(), HasSubstr("diffusion_pytorch_model.safetensors"));
+  EXPECT_THAT(model.status().message(),
+              HasSubstr("diffusion_pytorch_model.safetensors"));
 }
 
 TEST(UNetTest, UnsupportedConfigValueIsRejectedByName) {

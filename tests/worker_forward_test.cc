@@ -1,13 +1,12 @@
 // Runs the real `lpd-worker forward` binary on the reference vectors.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <torch/torch.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <string>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-#include <torch/torch.h>
 
 #include "engine/tensor_io.h"
 
@@ -64,10 +63,10 @@ double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) {
 TEST_F(WorkerForwardTest, WritesTheReferenceOutputsForBothModels) {
   for (const std::string model : {"tiny-sd15", "tiny-sdxl"}) {
     const std::string out = dir_ + "/" + model + ".safetensors";
-    CommandResult r = RunCommand(std::string(LPD_WORKER_BIN) + " forward --model " +
-                                 Golden(model) + " --inputs " + Golden(model) +
-                                 "/vectors.safetensors --out " + out +
-                                 " --threads 2");
+    CommandResult r =
+        RunCommand(std::string(LPD_WORKER_BIN) + " forward --model " +
+                   Golden(model) + " --inputs " + Golden(model) +
+                   "/vectors.safetensors --out " + out + " --threads 2");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     auto expected = Read(Golden(model) + "/vectors.safetensors");
     auto got = Read(out);
@@ -111,21 +110,20 @@ TEST_F(WorkerForwardTest, ReportsBadArgumentsWithExitCode2) {
 }
 
 TEST_F(WorkerForwardTest, ReportsAMissingModelFolder) {
-  CommandResult r = RunCommand(std::string(LPD_WORKER_BIN) +
-                               " forward --model " + dir_ + "/nothing --inputs " +
-                               Golden("tiny-sd15") + "/vectors.safetensors --out " +
-                               dir_ + "/x.safetensors");
+  CommandResult r =
+      RunCommand(std::string(LPD_WORKER_BIN) + " forward --model " + dir_ +
+                 "/nothing --inputs " + Golden("tiny-sd15") +
+                 "/vectors.safetensors --out " + dir_ + "/x.safetensors");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_THAT(r.output, HasSubstr(dir_ + "/nothing"));
 }
 
 TEST_F(WorkerForwardTest, InputsForAnotherModelAreRejected) {
   // SD-1.5-style inputs lack the text_time conditioning SDXL needs.
-  CommandResult r = RunCommand(std::string(LPD_WORKER_BIN) +
-                               " forward --model " + Golden("tiny-sdxl") +
-                               " --inputs " + Golden("tiny-sd15") +
-                               "/vectors.safetensors --out " + dir_ +
-                               "/x.safetensors");
+  CommandResult r =
+      RunCommand(std::string(LPD_WORKER_BIN) + " forward --model " +
+                 Golden("tiny-sdxl") + " --inputs " + Golden("tiny-sd15") +
+                 "/vectors.safetensors --out " + dir_ + "/x.safetensors");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.output, HasSubstr("input.text_embeds"));
 }

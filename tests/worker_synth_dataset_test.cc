@@ -1,13 +1,12 @@
 // Runs the real `lpd-worker synth-dataset` binary and reads its output back.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <torch/torch.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <string>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-#include <torch/torch.h>
 
 #include "engine/dataset.h"
 #include "engine/unet_config.h"
@@ -54,10 +53,10 @@ class WorkerSynthDatasetTest : public ::testing::Test {
 
 TEST_F(WorkerSynthDatasetTest, WritesADatasetThatFitsTinySdxl) {
   const std::string out = dir_ + "/set";
-  CommandResult r = RunCommand(
-      std::string(LPD_WORKER_BIN) + " synth-dataset --model " +
-      Golden("tiny-sdxl") + " --samples 10 --out " + out +
-      " --latent-size 8 --seq-len 7 --shard-size 4 --seed 3");
+  CommandResult r =
+      RunCommand(std::string(LPD_WORKER_BIN) + " synth-dataset --model " +
+                 Golden("tiny-sdxl") + " --samples 10 --out " + out +
+                 " --latent-size 8 --seq-len 7 --shard-size 4 --seed 3");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("wrote 10 samples in 3 shards"));
   EXPECT_THAT(r.output, HasSubstr("time_ids"));
@@ -80,9 +79,9 @@ TEST_F(WorkerSynthDatasetTest, WritesADatasetThatFitsTinySdxl) {
 }
 
 TEST_F(WorkerSynthDatasetTest, RejectsBadArguments) {
-  CommandResult r = RunCommand(std::string(LPD_WORKER_BIN) +
-                               " synth-dataset --model " + Golden("tiny-sd15") +
-                               " --out " + dir_ + "/x");
+  CommandResult r =
+      RunCommand(std::string(LPD_WORKER_BIN) + " synth-dataset --model " +
+                 Golden("tiny-sd15") + " --out " + dir_ + "/x");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.output, HasSubstr("--samples"));
   r = RunCommand(std::string(LPD_WORKER_BIN) + " synth-dataset --model " +

@@ -2,12 +2,12 @@
 //   forward  one forward pass of a model folder on stored inputs
 //   units    the prunable units of a model folder
 //   synth-dataset  a synthetic training set that fits a model folder
+#include <ATen/Parallel.h>
+
 #include <cstdio>
 #include <set>
 #include <string>
 #include <vector>
-
-#include <ATen/Parallel.h>
 
 #include "absl/status/status.h"
 #include "common/cli_args.h"
@@ -185,11 +185,10 @@ int RunSynthDatasetCommand(const std::vector<std::string>& args) {
   if (absl::Status status = (*dataset)->Validate(*config); !status.ok()) {
     return Fail(status);
   }
-  std::printf("wrote %lld samples in %zu shards to %s (vae_scaling_factor "
-              "%g)\n",
+  std::printf("wrote %lld samples in %zu shards to %s\n",
               static_cast<long long>(manifest->num_samples),
-              manifest->shards.size(), out.c_str(),
-              manifest->vae_scaling_factor);
+              manifest->shards.size(), out.c_str());
+  std::printf("  vae_scaling_factor     %g\n", manifest->vae_scaling_factor);
   for (const auto& [name, info] : manifest->tensors) {
     std::printf("  %-22s %s %s\n", name.c_str(), ShapeText(info.shape).c_str(),
                 std::string(lpd::engine::DtypeName(info.dtype)).c_str());

@@ -49,7 +49,8 @@ __global__ void GroupNormStatsKernel(const T* __restrict__ x,
   const int64_t row_begin = s * rows_per_split;
   const int64_t row_end = min(hw, row_begin + rows_per_split);
   using P = Pair<T>;
-  const auto* xv = reinterpret_cast<const typename P::Vec*>(x + b * hw * channels);
+  const auto* xv =
+      reinterpret_cast<const typename P::Vec*>(x + b * hw * channels);
   for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
     float2 offset = make_float2(0.f, 0.f);
     if (add != nullptr) {
@@ -70,7 +71,8 @@ __global__ void GroupNormStatsKernel(const T* __restrict__ x,
   }
   __syncthreads();
   double* out = partials + ((b * splits + s) * groups) * 2;
-  for (int64_t i = threadIdx.x; i < 2 * groups; i += blockDim.x) out[i] = shared[i];
+  for (int64_t i = threadIdx.x; i < 2 * groups; i += blockDim.x)
+    out[i] = shared[i];
 }
 
 // mean and rstd per (batch, group) from the partials of every split.
@@ -93,17 +95,16 @@ __global__ void GroupNormFinalizeKernel(const double* __restrict__ partials,
                          static_cast<float>(rsqrt(var + eps)));
 }
 
-__device__ __forceinline__ float Silu(float v) { return v / (1.f + __expf(-v)); }
+__device__ __forceinline__ float Silu(float v) {
+  return v / (1.f + __expf(-v));
+}
 
 template <typename T>
-__global__ void GroupNormApplyKernel(const T* __restrict__ x,
-                                     const T* __restrict__ add,
-                                     const T* __restrict__ weight,
-                                     const T* __restrict__ bias,
-                                     const float2* __restrict__ stats,
-                                     T* __restrict__ y, int64_t hw,
-                                     int64_t channels, int64_t groups,
-                                     bool silu, int64_t total_pairs) {
+__global__ void GroupNormApplyKernel(
+    const T* __restrict__ x, const T* __restrict__ add,
+    const T* __restrict__ weight, const T* __restrict__ bias,
+    const float2* __restrict__ stats, T* __restrict__ y, int64_t hw,
+    int64_t channels, int64_t groups, bool silu, int64_t total_pairs) {
   using P = Pair<T>;
   const int64_t pairs = channels / 2;
   const int64_t group_size = channels / groups;
@@ -211,7 +212,8 @@ __global__ void AddLayerNormKernel(const T* __restrict__ x,
       for (int i = 0; i < 8; ++i) total += v[k][i];
     }
   }
-  for (int off = 16; off > 0; off /= 2) total += __shfl_xor_sync(0xffffffff, total, off);
+  for (int off = 16; off > 0; off /= 2)
+    total += __shfl_xor_sync(0xffffffff, total, off);
   const float mean = total / static_cast<float>(dim);
   float sq = 0.f;
 #pragma unroll
@@ -223,7 +225,8 @@ __global__ void AddLayerNormKernel(const T* __restrict__ x,
       }
     }
   }
-  for (int off = 16; off > 0; off /= 2) sq += __shfl_xor_sync(0xffffffff, sq, off);
+  for (int off = 16; off > 0; off /= 2)
+    sq += __shfl_xor_sync(0xffffffff, sq, off);
   const float rstd = rsqrtf(sq / static_cast<float>(dim) + eps);
   const uint4* wr = reinterpret_cast<const uint4*>(weight);
   const uint4* br = reinterpret_cast<const uint4*>(bias);
@@ -234,7 +237,8 @@ __global__ void AddLayerNormKernel(const T* __restrict__ x,
       float w[8], b[8], out[8];
       Octet<T>{wr[j]}.ToFloat(w);
       Octet<T>{br[j]}.ToFloat(b);
-      for (int i = 0; i < 8; ++i) out[i] = (v[k][i] - mean) * rstd * w[i] + b[i];
+      for (int i = 0; i < 8; ++i)
+        out[i] = (v[k][i] - mean) * rstd * w[i] + b[i];
       Octet<T> o;
       o.FromFloat(out);
       reinterpret_cast<uint4*>(y + row * dim)[j] = o.raw;
@@ -249,11 +253,11 @@ cudaError_t AddLayerNormTyped(const void* x, const void* residual,
                               cudaStream_t stream) {
   constexpr int kRowsPerBlock = 8;  // 8 warps
   const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
-  AddLayerNormKernel<T, kVecs><<<static_cast<unsigned>(blocks),
-                                 32 * kRowsPerBlock, 0, stream>>>(
-      static_cast<const T*>(x), static_cast<const T*>(residual),
-      static_cast<const T*>(weight), static_cast<const T*>(bias),
-      static_cast<T*>(sum), static_cast<T*>(y), rows, dim, eps);
+  AddLayerNormKernel<T, kVecs>
+      <<<static_cast<unsigned>(blocks), 32 * kRowsPerBlock, 0, stream>>>(
+          static_cast<const T*>(x), static_cast<const T*>(residual),
+          static_cast<const T*>(weight), static_cast<const T*>(bias),
+          static_cast<T*>(sum), static_cast<T*>(y), rows, dim, eps);
   return cudaGetLastError();
 }
 
@@ -272,18 +276,18 @@ cudaError_t GroupNormTyped(const void* x, const void* add, const void* weight,
       std::max<int64_t>(1, std::min<int64_t>(hw, (264 + batch - 1) / batch));
   const int64_t rows_per_split = (hw + splits - 1) / splits;
   double* partials = static_cast<double*>(workspace);
-  float2* stats = reinterpret_cast<float2*>(partials + batch * 264 * groups * 2);
-  GroupNormStatsKernel<T><<<dim3(static_cast<unsigned>(splits),
-                                 static_cast<unsigned>(batch)),
-                            kThreads, 2 * groups * sizeof(double), stream>>>(
-      static_cast<const T*>(x), static_cast<const T*>(add), hw, channels,
-      groups, rows_per_split, partials);
+  float2* stats =
+      reinterpret_cast<float2*>(partials + batch * 264 * groups * 2);
+  GroupNormStatsKernel<T>
+      <<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(batch)),
+         kThreads, 2 * groups * sizeof(double), stream>>>(
+          static_cast<const T*>(x), static_cast<const T*>(add), hw, channels,
+          groups, rows_per_split, partials);
   const int64_t bg = batch * groups;
   GroupNormFinalizeKernel<<<static_cast<unsigned>((bg + 127) / 128), 128, 0,
-                            stream>>>(partials, batch, splits, groups,
-                                      static_cast<double>(hw) *
-                                          (channels / groups),
-                                      eps, stats);
+                            stream>>>(
+      partials, batch, splits, groups,
+      static_cast<double>(hw) * (channels / groups), eps, stats);
   const int64_t total_pairs = batch * hw * channels / 2;
   GroupNormApplyKernel<T><<<GridFor(total_pairs), kThreads, 0, stream>>>(
       static_cast<const T*>(x), static_cast<const T*>(add),
@@ -304,13 +308,23 @@ cudaError_t LaunchAddLayerNorm(ElementType type, const void* x,
   const int64_t vecs_per_lane = (dim / 8 + 31) / 32;
   switch (type) {
     case ElementType::kBFloat16:
-      if (vecs_per_lane <= 2) return AddLayerNormTyped<__nv_bfloat16, 2>(x, residual, weight, bias, sum, y, rows, dim, eps, stream);
-      if (vecs_per_lane <= 4) return AddLayerNormTyped<__nv_bfloat16, 4>(x, residual, weight, bias, sum, y, rows, dim, eps, stream);
-      return AddLayerNormTyped<__nv_bfloat16, 8>(x, residual, weight, bias, sum, y, rows, dim, eps, stream);
+      if (vecs_per_lane <= 2)
+        return AddLayerNormTyped<__nv_bfloat16, 2>(
+            x, residual, weight, bias, sum, y, rows, dim, eps, stream);
+      if (vecs_per_lane <= 4)
+        return AddLayerNormTyped<__nv_bfloat16, 4>(
+            x, residual, weight, bias, sum, y, rows, dim, eps, stream);
+      return AddLayerNormTyped<__nv_bfloat16, 8>(x, residual, weight, bias, sum,
+                                                 y, rows, dim, eps, stream);
     case ElementType::kFloat16:
-      if (vecs_per_lane <= 2) return AddLayerNormTyped<__half, 2>(x, residual, weight, bias, sum, y, rows, dim, eps, stream);
-      if (vecs_per_lane <= 4) return AddLayerNormTyped<__half, 4>(x, residual, weight, bias, sum, y, rows, dim, eps, stream);
-      return AddLayerNormTyped<__half, 8>(x, residual, weight, bias, sum, y, rows, dim, eps, stream);
+      if (vecs_per_lane <= 2)
+        return AddLayerNormTyped<__half, 2>(x, residual, weight, bias, sum, y,
+                                            rows, dim, eps, stream);
+      if (vecs_per_lane <= 4)
+        return AddLayerNormTyped<__half, 4>(x, residual, weight, bias, sum, y,
+                                            rows, dim, eps, stream);
+      return AddLayerNormTyped<__half, 8>(x, residual, weight, bias, sum, y,
+                                          rows, dim, eps, stream);
     case ElementType::kFloat32:
       return cudaErrorInvalidValue;
   }
@@ -331,9 +345,8 @@ cudaError_t LaunchGroupNormNhwc(ElementType type, const void* x,
                                 cudaStream_t stream) {
   switch (type) {
     case ElementType::kFloat32:
-      return GroupNormTyped<float>(x, add, weight, bias, y, batch, hw,
-                                   channels, groups, eps, silu, workspace,
-                                   stream);
+      return GroupNormTyped<float>(x, add, weight, bias, y, batch, hw, channels,
+                                   groups, eps, silu, workspace, stream);
     case ElementType::kBFloat16:
       return GroupNormTyped<__nv_bfloat16>(x, add, weight, bias, y, batch, hw,
                                            channels, groups, eps, silu,

@@ -3,9 +3,9 @@
 #ifndef LPD_ENGINE_CUDA_FUSED_KERNELS_H_
 #define LPD_ENGINE_CUDA_FUSED_KERNELS_H_
 
-#include <cstdint>
-
 #include <cuda_runtime.h>
+
+#include <cstdint>
 
 namespace lpd::engine::cuda {
 

@@ -1,13 +1,12 @@
 #include "engine/export.h"
 
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
 #include <map>
-
 #include <nlohmann/json.hpp>
-#include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -31,9 +30,8 @@ absl::Status ExportStudent(UNet2DConditionModelImpl& student,
   };
   // The weights go through a local temporary file: the safetensors writer
   // streams one tensor at a time, then the store uploads the file.
-  std::string tmp_dir = (std::filesystem::temp_directory_path() /
-                         "lpd-export-XXXXXX")
-                            .string();
+  std::string tmp_dir =
+      (std::filesystem::temp_directory_path() / "lpd-export-XXXXXX").string();
   if (mkdtemp(tmp_dir.data()) == nullptr) {
     return absl::InternalError("export: cannot create a temporary folder");
   }

@@ -6,9 +6,9 @@
 #ifndef LPD_ENGINE_EXPORT_H_
 #define LPD_ENGINE_EXPORT_H_
 
-#include <string>
-
 #include <torch/types.h>
+
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -18,7 +18,8 @@
 namespace lpd::engine {
 
 inline constexpr char kPruningFileName[] = "lpd_pruning.json";
-inline constexpr char kWeightsFileName[] = "diffusion_pytorch_model.safetensors";
+inline constexpr char kWeightsFileName[] =
+    "diffusion_pytorch_model.safetensors";
 
 struct ExportOptions {
   // The teacher's config.json text, copied unchanged (diffusers cannot

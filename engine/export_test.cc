@@ -1,13 +1,13 @@
 #include "engine/export.h"
 
-#include <filesystem>
-#include <fstream>
-#include <sstream>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "engine/model_loader.h"
 #include "engine/tensor_io.h"
@@ -104,7 +104,8 @@ TEST_F(ExportTest, AMalformedPruningRecordIsAClearError) {
   std::ofstream(root_ + "/m/lpd_pruning.json") << "{\"removed_units\": 3}";
   auto model = LoadModel(root_ + "/m", {});
   ASSERT_FALSE(model.ok());
-  EXPECT_THAT(model.status().message(), ::testing::HasSubstr("lpd_pruning.json"));
+  EXPECT_THAT(model.status().message(),
+              ::testing::HasSubstr("lpd_pruning.json"));
 }
 
 }  // namespace

@@ -5,7 +5,6 @@
 
 #include <filesystem>
 #include <fstream>
-
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
@@ -25,12 +24,14 @@ absl::StatusOr<std::set<std::string>> ReadPrunedUnits(const std::string& dir) {
   const std::string path = dir + "/lpd_pruning.json";
   if (!std::filesystem::exists(path)) return std::set<std::string>{};
   std::ifstream in(path);
-  nlohmann::json json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  nlohmann::json json =
+      nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded() || !json.is_object() ||
       !json.contains("removed_units") || !json["removed_units"].is_array()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": not a pruning record (expected an object with a "
-              "\"removed_units\" list)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path,
+                     ": not a pruning record (expected an object with a "
+                     "\"removed_units\" list)"));
   }
   std::set<std::string> units;
   for (const auto& unit : json["removed_units"]) {

@@ -22,9 +22,9 @@ struct LoadModelOptions {
 };
 
 // Reads `<dir>/config.json`, and `<dir>/lpd_pruning.json` when present (an
-// exported student: its units are left out), builds the model on the requested device and
-// dtype, and loads its weights strictly. Errors name the folder and the
-// failing part (config field, safetensors file and tensor, or the lists of
+// exported student: its units are left out), builds the model on the requested
+// device and dtype, and loads its weights strictly. Errors name the folder and
+// the failing part (config field, safetensors file and tensor, or the lists of
 // missing / unexpected / mis-shaped keys).
 absl::StatusOr<UNet2DConditionModel> LoadModel(const std::string& dir,
                                                const LoadModelOptions& options);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <torch/optim/adamw.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <chrono>
 #include <cmath>
@@ -74,9 +75,14 @@ class TempDir {
   std::string path_;
 };
 
-std::string StateKey(const torch::Tensor& tensor) {
-  // How LibTorch's optimizers key their per-parameter state.
+// How LibTorch's optimizers key their per-parameter state: a string of the
+// TensorImpl address in 1.x, the address itself in 2.x.
+auto StateKey(const torch::Tensor& tensor) {
+#if TORCH_VERSION_MAJOR >= 2
+  return static_cast<void*>(tensor.unsafeGetTensorImpl());
+#else
   return c10::guts::to_string(tensor.unsafeGetTensorImpl());
+#endif
 }
 
 }  // namespace

@@ -24,3 +24,7 @@ set -x
 "$worker" forward --model "$testdata/tiny-sdxl" \
   --inputs "$testdata/tiny-sdxl/vectors.safetensors" --out "$out/tiny-sdxl.safetensors"
 "$worker" units --model "$testdata/tiny-sdxl" --granularity resnet,transformer_block
+# A synthetic training set that fits the SDXL-layout model (the format the
+# distillation reads).
+rm -rf "$out/synth-sdxl"
+"$worker" synth-dataset --model "$testdata/tiny-sdxl" --samples 16 --out "$out/synth-sdxl"

@@ -5,15 +5,15 @@
 // SDXL batch 4 128×128 (83 units, resnet + transformer_block).
 //
 //   score_units [--case sd15|sdxl|all] [--device cuda] [--dtype bf16]
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <torch/cuda.h>
-#include <torch/torch.h>
 
 #include "common/cli_args.h"
 #include "engine/model_loader.h"
@@ -44,18 +44,21 @@ int RunCase(const std::string& name, const std::string& file, int64_t batch,
   if (!model.ok()) return 1;
   (*model)->RandomizeParameters(1);
   for (auto& p : (*model)->parameters()) {
-    if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+    if (p.dim() == 4)
+      p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
   }
   UNetInputs batch_inputs;
   batch_inputs.sample = torch::randn({batch, 4, size, size}, to)
                             .contiguous(torch::MemoryFormat::ChannelsLast);
-  batch_inputs.timestep = torch::randint(0, 1000, {batch}, to.dtype(torch::kInt64));
+  batch_inputs.timestep =
+      torch::randint(0, 1000, {batch}, to.dtype(torch::kInt64));
   batch_inputs.encoder_hidden_states =
       torch::randn({batch, 77, config->cross_attention_dim}, to);
   if (config->text_time_embedding) {
-    batch_inputs.text_embeds = torch::randn(
-        {batch, config->projection_class_embeddings_input_dim -
-                    6 * config->addition_time_embed_dim}, to);
+    batch_inputs.text_embeds =
+        torch::randn({batch, config->projection_class_embeddings_input_dim -
+                                 6 * config->addition_time_embed_dim},
+                     to);
     batch_inputs.time_ids = torch::full({batch, 6}, 1024.0, to);
   }
   const std::vector<std::string> units = ScorableUnitIds(**model, kinds);
@@ -77,7 +80,9 @@ int RunCase(const std::string& name, const std::string& file, int64_t batch,
     auto t0 = std::chrono::steady_clock::now();
     auto result = ScoreUnits(**model, units, {batch_inputs}, so);
     Sync(device);
-    times[m] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    times[m] =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+            .count();
     if (!result.ok()) {
       std::fprintf(stderr, "%s\n", result.status().ToString().c_str());
       return 1;
@@ -92,7 +97,8 @@ int RunCase(const std::string& name, const std::string& file, int64_t batch,
   std::printf("  naive  (one forward per unit): %.3f s per batch\n", times[0]);
   std::printf("  cached (resume at each unit):  %.3f s per batch  (%.2fx)\n",
               times[1], times[0] / times[1]);
-  std::printf("  largest relative score difference cached vs naive: %.2e\n", worst);
+  std::printf("  largest relative score difference cached vs naive: %.2e\n",
+              worst);
   return 0;
 }
 
@@ -104,7 +110,8 @@ int main(int argc, char** argv) {
       {"dtype", false, false, "bf16 (default)"},
       {"case", false, false, "sd15, sdxl or all (default)"},
   };
-  auto flags = lpd::CliArgs::Parse(std::vector<std::string>(argv + 1, argv + argc), specs);
+  auto flags = lpd::CliArgs::Parse(
+      std::vector<std::string>(argv + 1, argv + argc), specs);
   if (!flags.ok()) return 2;
   auto device = ParseTorchDevice(
       flags->Get("device", torch::cuda::is_available() ? "cuda" : "cpu"));
@@ -120,7 +127,8 @@ int main(int argc, char** argv) {
   }
   if (which == "all" || which == "sdxl") {
     rc |= RunCase("SDXL", "sdxl-base-unet.json", 4, 128,
-                  {UnitKind::kResnet, UnitKind::kTransformerBlock}, *device, *dtype);
+                  {UnitKind::kResnet, UnitKind::kTransformerBlock}, *device,
+                  *dtype);
   }
   return rc;
 }

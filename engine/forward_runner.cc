@@ -11,11 +11,10 @@
 #include "engine/torch_errors.h"
 
 namespace lpd::engine {
-namespace {
 
-absl::StatusOr<UNetInputs> InputsFrom(
-    const std::map<std::string, torch::Tensor>& tensors,
-    const std::string& path, bool text_time) {
+absl::StatusOr<UNetInputs> InputsFromTensors(
+    const std::map<std::string, torch::Tensor>& tensors, absl::string_view path,
+    bool text_time) {
   auto get = [&](const std::string& key,
                  bool required) -> absl::StatusOr<torch::Tensor> {
     auto it = tensors.find(key);
@@ -34,8 +33,6 @@ absl::StatusOr<UNetInputs> InputsFrom(
   return inputs;
 }
 
-}  // namespace
-
 absl::Status RunForward(const ForwardRequest& request) {
   ASSIGN_OR_RETURN(torch::Device device, ParseTorchDevice(request.device));
   ASSIGN_OR_RETURN(torch::Dtype dtype, ParseTorchDtype(request.dtype));
@@ -51,8 +48,8 @@ absl::Status RunForward(const ForwardRequest& request) {
                    LoadModel(request.model_dir, load_options));
   ASSIGN_OR_RETURN(auto tensors, ReadAllTensors(request.inputs_path));
   ASSIGN_OR_RETURN(UNetInputs inputs,
-                   InputsFrom(tensors, request.inputs_path,
-                              model->config().text_time_embedding));
+                   InputsFromTensors(tensors, request.inputs_path,
+                                     model->config().text_time_embedding));
   if (absl::Status valid = model->ValidateInputs(inputs); !valid.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat(request.inputs_path, ": ", valid.message()));

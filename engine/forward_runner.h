@@ -4,10 +4,16 @@
 #ifndef LPD_ENGINE_FORWARD_RUNNER_H_
 #define LPD_ENGINE_FORWARD_RUNNER_H_
 
+#include <torch/types.h>
+
+#include <map>
 #include <set>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "engine/unet.h"
 
 namespace lpd::engine {
 
@@ -24,6 +30,13 @@ struct ForwardRequest {
   std::string device = "cpu";
   std::string dtype = "float32";
 };
+
+// The U-Net inputs stored under the `input.*` keys of an inputs or
+// reference-vector file (`input.text_embeds`, `input.time_ids` required for
+// text_time models); `source` names the file in errors.
+absl::StatusOr<UNetInputs> InputsFromTensors(
+    const std::map<std::string, torch::Tensor>& tensors,
+    absl::string_view source, bool text_time);
 
 // Runs the request. Every failure, LibTorch's included, is a status.
 absl::Status RunForward(const ForwardRequest& request);

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/golden_test_support.h"
 #include "engine/model_loader.h"
 #include "engine/tensor_io.h"
 
@@ -21,26 +22,9 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::UnorderedElementsAreArray;
 
-std::string GoldenDir(const std::string& name) {
-  return std::string(LPD_TESTDATA_DIR) + "/unet-golden/" + name;
-}
-
-std::map<std::string, torch::Tensor> ReadVectors(const std::string& path) {
-  auto tensors = ReadAllTensors(path);
-  EXPECT_TRUE(tensors.ok()) << tensors.status();
-  return tensors.ok() ? *tensors : std::map<std::string, torch::Tensor>{};
-}
-
-UNetInputs InputsFrom(const std::map<std::string, torch::Tensor>& v) {
-  UNetInputs in;
-  in.sample = v.at("input.sample");
-  in.timestep = v.at("input.timestep");
-  in.encoder_hidden_states = v.at("input.encoder_hidden_states");
-  if (v.contains("input.text_embeds"))
-    in.text_embeds = v.at("input.text_embeds");
-  if (v.contains("input.time_ids")) in.time_ids = v.at("input.time_ids");
-  return in;
-}
+using testing::GoldenDir;
+using testing::InputsFrom;
+using testing::ReadVectors;
 
 // The reference inputs, and the same perturbed (a second batch).
 std::vector<UNetInputs> Calibration(const std::string& name) {

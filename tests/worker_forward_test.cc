@@ -1,59 +1,30 @@
 // Runs the real `lpd-worker forward` binary on the reference vectors.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <torch/torch.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <string>
 
 #include "engine/tensor_io.h"
+#include "tests/worker_test_support.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr
-};
+using lpd::testing::CommandResult;
+using lpd::testing::Golden;
+using lpd::testing::RunCommand;
 
-CommandResult RunCommand(const std::string& command) {
-  CommandResult result;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return result;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) {
-    result.output.append(buffer, n);
-  }
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
-
-std::string Golden(const std::string& name) {
-  return std::string(LPD_TESTDATA_DIR) + "/unet-golden/" + name;
-}
-
-class WorkerForwardTest : public ::testing::Test {
+class WorkerForwardTest : public lpd::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string pattern =
-        (fs::path(::testing::TempDir()) / "worker_forward_XXXXXX").string();
-    dir_ = mkdtemp(pattern.data());
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   std::map<std::string, torch::Tensor> Read(const std::string& path) {
     auto tensors = lpd::engine::ReadAllTensors(path);
     EXPECT_TRUE(tensors.ok()) << tensors.status();
     return tensors.ok() ? *tensors : std::map<std::string, torch::Tensor>{};
   }
-
-  std::string dir_;
 };
 
 double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) {

@@ -1,55 +1,25 @@
 // Runs the real `lpd-worker synth-dataset` binary and reads its output back.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <torch/torch.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <string>
 
 #include "engine/dataset.h"
 #include "engine/unet_config.h"
+#include "tests/worker_test_support.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr
-};
+using lpd::testing::CommandResult;
+using lpd::testing::Golden;
+using lpd::testing::RunCommand;
 
-CommandResult RunCommand(const std::string& command) {
-  CommandResult result;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return result;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) {
-    result.output.append(buffer, n);
-  }
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
-
-std::string Golden(const std::string& name) {
-  return std::string(LPD_TESTDATA_DIR) + "/unet-golden/" + name;
-}
-
-class WorkerSynthDatasetTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string pattern =
-        (fs::path(::testing::TempDir()) / "worker_synth_XXXXXX").string();
-    dir_ = mkdtemp(pattern.data());
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string dir_;
-};
+class WorkerSynthDatasetTest : public lpd::testing::TempDirTest {};
 
 TEST_F(WorkerSynthDatasetTest, WritesADatasetThatFitsTinySdxl) {
   const std::string out = dir_ + "/set";

@@ -389,11 +389,17 @@ absl::StatusOr<StepReport> DistillTrainer::Step(const TrainingBatch& batch) {
           grads.push_back(param.grad());
         }
       }
-      double sum_sq = 0;
+      // One host synchronization for the global norm, not one per tensor.
+      std::vector<torch::Tensor> norms;
+      norms.reserve(grads.size());
       for (const torch::Tensor& g : grads) {
-        sum_sq += g.to(torch::kFloat64).square().sum().item<double>();
+        norms.push_back(
+            at::linalg_vector_norm(g, 2, c10::nullopt, false, torch::kFloat32));
       }
-      report.grad_norm = std::sqrt(sum_sq);
+      report.grad_norm =
+          norms.empty()
+              ? 0.0
+              : at::stack(norms).to(torch::kFloat64).norm().item<double>();
       if (!std::isfinite(report.grad_norm)) {
         return absl::InternalError(absl::StrCat(
             "distillation: non-finite gradient norm at step ", step_));

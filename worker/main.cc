@@ -2,6 +2,8 @@
 //   forward  one forward pass of a model folder on stored inputs
 //   units    the prunable units of a model folder
 //   synth-dataset  a synthetic training set that fits a model folder
+//   run      a whole compression job (SCORE → SELECT → DISTILL → EVALUATE
+//            → EXPORT) on this machine
 #include <ATen/Parallel.h>
 
 #include <cstdio>
@@ -10,10 +12,12 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "client/job_spec.h"
 #include "common/cli_args.h"
 #include "engine/dataset.h"
 #include "engine/forward_runner.h"
 #include "engine/model_loader.h"
+#include "engine/pipeline.h"
 #include "engine/synthetic_dataset.h"
 #include "engine/unet.h"
 #include "engine/unet_config.h"
@@ -51,6 +55,14 @@ const std::vector<lpd::FlagSpec> kSynthDatasetFlags = {
     {"seed", false, false, "random seed (default 0)"},
 };
 
+const std::vector<lpd::FlagSpec> kRunFlags = {
+    {"device", false, false,
+     "cpu or cuda[:N] (default: the spec's device; auto: a GPU if any)"},
+    {"threads", false, false, "CPU threads (default: all cores)"},
+    {"log-every", false, false,
+     "distillation progress every N steps (default: ~20 lines per run)"},
+};
+
 void PrintUsage() {
   std::fprintf(stderr,
                "usage: lpd-worker COMMAND [flags]\n\n"
@@ -58,10 +70,13 @@ void PrintUsage() {
                "lpd-worker units --model DIR [--granularity KINDS]\n%s\n"
                "lpd-worker synth-dataset --model DIR --samples N --out DIR "
                "[--latent-size S] [--seq-len L] [--shard-size M] [--seed K]\n"
-               "%s",
+               "%s\n"
+               "lpd-worker run JOB.yaml [--device D] [--threads N] "
+               "[--log-every N]\n%s",
                lpd::CliArgs::Usage(kForwardFlags).c_str(),
                lpd::CliArgs::Usage(kUnitsFlags).c_str(),
-               lpd::CliArgs::Usage(kSynthDatasetFlags).c_str());
+               lpd::CliArgs::Usage(kSynthDatasetFlags).c_str(),
+               lpd::CliArgs::Usage(kRunFlags).c_str());
 }
 
 int Fail(const absl::Status& status) {
@@ -196,6 +211,41 @@ int RunSynthDatasetCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
+int RunJobCommand(const std::vector<std::string>& args) {
+  if (args.empty() || args[0].starts_with("--")) {
+    PrintUsage();
+    return Fail(absl::InvalidArgumentError("run: missing JOB.yaml"));
+  }
+  const std::string spec_path = args[0];
+  auto flags = lpd::CliArgs::Parse(
+      std::vector<std::string>(args.begin() + 1, args.end()), kRunFlags);
+  if (!flags.ok()) {
+    PrintUsage();
+    return Fail(flags.status());
+  }
+  lpd::engine::PipelineOptions options;
+  options.device = flags->Get("device");
+  auto threads = flags->GetInt("threads", 0);
+  if (!threads.ok()) return Fail(threads.status());
+  options.threads = static_cast<int>(*threads);
+  auto log_every = flags->GetInt("log-every", 0);
+  if (!log_every.ok()) return Fail(log_every.status());
+  options.log_every = *log_every;
+  if (options.threads < 0 || options.log_every < 0) {
+    return Fail(
+        absl::InvalidArgumentError("--threads and --log-every must be >= 0"));
+  }
+  // A spec that cannot be read or is invalid is the caller's mistake: 2.
+  auto job = lpd::client::LoadJobSpecFile(spec_path);
+  if (!job.ok()) {
+    std::fprintf(stderr, "lpd-worker: %s\n", job.status().ToString().c_str());
+    return 2;
+  }
+  auto result = lpd::engine::RunJob(*job, options);
+  if (!result.ok()) return Fail(result.status());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -208,6 +258,7 @@ int main(int argc, char** argv) {
   if (command == "forward") return RunForwardCommand(args);
   if (command == "units") return RunUnitsCommand(args);
   if (command == "synth-dataset") return RunSynthDatasetCommand(args);
+  if (command == "run") return RunJobCommand(args);
   if (command == "--help" || command == "help") {
     PrintUsage();
     return 0;

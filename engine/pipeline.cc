@@ -320,9 +320,12 @@ absl::Status Score(Job& job) {
       }
     }
   }
-  job.log(absl::StrFormat("SCORE: %d units by %s on %d calibration samples",
-                          ids.size(), ScoreCriterionName(options.criterion),
-                          job.split.calibration.size()));
+  job.log(absl::StrCat("SCORE: ", ids.size(), " units by ",
+                       ScoreCriterionName(options.criterion),
+                       options.criterion == ScoreCriterion::kOutputLoss
+                           ? absl::StrCat(" on ", job.split.calibration.size(),
+                                          " calibration samples")
+                           : ""));
   ASSIGN_OR_RETURN(Scores scores,
                    ScoreUnits(*job.teacher, ids, calibration, options));
   RETURN_IF_ERROR(PutJson(job.out, kScoresObject, ScoresToJson(scores)));

@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "client/job_spec.h"
 #include "common/status_macros.h"
+#include "engine/additivity.h"
 #include "engine/dataset.h"
 #include "engine/distill.h"
 #include "engine/export.h"
@@ -197,7 +198,8 @@ struct Job {
   std::unique_ptr<Dataset> dataset;
   DatasetSplit split;
   NoiseSchedule schedule = NoiseSchedule::ScaledLinear();
-  std::optional<Scores> scores;  // not for handcrafted
+  std::optional<Scores> scores;         // not for handcrafted
+  std::vector<UNetInputs> calibration;  // output_loss only
 };
 
 absl::Status Prepare(Job& job) {
@@ -296,6 +298,7 @@ absl::Status Score(Job& job) {
             job.prediction, job.device, job.model_dtype));
     for (TrainingBatch& b : batches) calibration.push_back(std::move(b.noised));
     ASSIGN_OR_RETURN(fingerprint, CalibrationFingerprint(calibration));
+    job.calibration = calibration;
   }
   // A scores.json of an earlier run of this job is reused when it was made
   // from the same calibration set, units and criterion.
@@ -384,6 +387,48 @@ absl::StatusOr<selection::Plan> Select(Job& job) {
       target, plan.predicted_loss,
       job.out.store->UriOf(job.out.Key(kPlanObject))));
   return plan;
+}
+
+// additivity.json: random sets around the plan's size, measured output loss
+// against the sum of single-unit scores, correlated per set size.
+absl::Status CheckAdditivity(Job& job, const selection::Plan& plan) {
+  const int per_size = job.options.additivity_sets_per_size;
+  if (per_size <= 0 || !job.scores || job.calibration.empty() ||
+      plan.removed.empty()) {
+    return absl::OkStatus();
+  }
+  AdditivityOptions options;
+  options.set_sizes =
+      SetSizesAround(static_cast<int>(plan.removed.size()),
+                     static_cast<int>(job.scores->units.size()));
+  options.sets_per_size = per_size;
+  options.seed = job.spec.spec().seed();
+  ASSIGN_OR_RETURN(
+      std::vector<selection::AdditivitySample> samples,
+      MeasureAdditivity(*job.teacher, *job.scores, job.calibration, options));
+  ASSIGN_OR_RETURN(std::vector<selection::AdditivityRow> rows,
+                   selection::AdditivityReport(samples));
+  nlohmann::json json = selection::AdditivityReportToJson(rows);
+  json["plan_set_size"] = plan.removed.size();
+  json["sets_per_size"] = per_size;
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& sample : samples) {
+    list.push_back({{"set_size", sample.set_size},
+                    {"predicted", sample.predicted},
+                    {"measured", sample.measured}});
+  }
+  json["samples"] = list;
+  RETURN_IF_ERROR(PutJson(job.out, kAdditivityObject, json));
+  std::string summary;
+  for (const auto& row : rows) {
+    absl::StrAppend(
+        &summary, " n=", row.set_size, ": pearson ",
+        row.pearson ? absl::StrFormat("%.3f", *row.pearson) : "-", " spearman ",
+        row.spearman ? absl::StrFormat("%.3f", *row.spearman) : "-", ";");
+  }
+  job.log(absl::StrCat("SELECT: additivity", summary, " wrote ",
+                       job.out.store->UriOf(job.out.Key(kAdditivityObject))));
+  return absl::OkStatus();
 }
 
 struct DistillResult {
@@ -581,6 +626,9 @@ absl::StatusOr<PipelineResult> RunJob(const CompressionJob& spec,
     auto plan = Select(job);
     if (!plan.ok()) return InPhase("SELECT", plan.status());
     result.plan = *std::move(plan);
+    RETURN_IF_ERROR(InPhase("SELECT", GuardTorch("additivity", [&] {
+                              return CheckAdditivity(job, result.plan);
+                            })));
   }
   auto distill =
       GuardTorch("distillation", [&] { return Distill(job, result.plan); });

@@ -46,6 +46,7 @@ namespace lpd::engine {
 // Object names under the output location.
 inline constexpr char kScoresObject[] = "scores.json";
 inline constexpr char kPlanObject[] = "plan.json";
+inline constexpr char kAdditivityObject[] = "additivity.json";
 inline constexpr char kReportObject[] = "report.json";
 inline constexpr char kFinalFolder[] = "final";
 
@@ -65,6 +66,9 @@ struct PipelineOptions {
   int64_t eval_batch_size = 8;
   // Timed forwards per model for the latency in report.json.
   int latency_runs = 3;
+  // output_loss jobs: random removal sets per set size measured for
+  // additivity.json (4 sizes around the plan's; 0: no additivity check).
+  int additivity_sets_per_size = 8;
 };
 
 struct PipelineResult {

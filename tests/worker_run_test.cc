@@ -134,6 +134,15 @@ TEST_F(WorkerRunTest, RunsTheWholeJobThenResumesItsCheckpoint) {
   EXPECT_FALSE(plan->removed.empty());
   const int64_t student_params = plan->total_params - plan->removed_params;
 
+  // The additivity check: sets around the plan's size, correlated per size.
+  const nlohmann::json additivity = ReadJson(out + "/additivity.json");
+  EXPECT_EQ(additivity["plan_set_size"].get<size_t>(), plan->removed.size());
+  ASSERT_FALSE(additivity["by_set_size"].empty());
+  for (const auto& row : additivity["by_set_size"]) {
+    EXPECT_EQ(row["samples"], 8);
+  }
+  EXPECT_EQ(additivity["samples"].size(), 8 * additivity["by_set_size"].size());
+
   EXPECT_EQ(ReadText(out + "/checkpoints/LATEST"),
             lpd::storage::CheckpointName(8));
   EXPECT_TRUE(

@@ -420,3 +420,32 @@ TEST(DistillTrainerTest, DistillationLearns) {
 
 }  // namespace
 }  // namespace lpd::engine
+
+namespace lpd::engine {
+namespace {
+
+TEST(MultiTensorAdamWTest, EqualsLibTorchAdamWStepByStep) {
+  torch::manual_seed(9);
+  std::vector<torch::Tensor> a = {torch::randn({3, 4}), torch::randn({5})};
+  std::vector<torch::Tensor> b = {a[0].clone(), a[1].clone()};
+  for (auto& t : a) t.set_requires_grad(true);
+  for (auto& t : b) t.set_requires_grad(true);
+  auto options = torch::optim::AdamWOptions(1e-2).weight_decay(0.1).eps(1e-6);
+  torch::optim::AdamW reference(a, options), ours(b, options);
+  for (int step = 0; step < 4; ++step) {
+    torch::Tensor g0 = torch::randn({3, 4}), g1 = torch::randn({5});
+    a[0].mutable_grad() = g0.clone();
+    a[1].mutable_grad() = g1.clone();
+    b[0].mutable_grad() = g0.clone();
+    b[1].mutable_grad() = g1.clone();
+    reference.step();
+    MultiTensorAdamWStep(ours);
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_TRUE(torch::allclose(a[i], b[i], 1e-6, 1e-7))
+          << "step " << step << " tensor " << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lpd::engine

@@ -629,6 +629,15 @@ absl::Status UNet2DConditionModelImpl::LoadWeights(
   return absl::OkStatus();
 }
 
+void UNet2DConditionModelImpl::ToChannelsLast() {
+  torch::NoGradGuard no_grad;
+  for (auto& p : parameters()) {
+    if (p.dim() == 4) {
+      p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+    }
+  }
+}
+
 void UNet2DConditionModelImpl::RandomizeParameters(uint64_t seed) {
   torch::NoGradGuard no_grad;
   torch::manual_seed(seed);

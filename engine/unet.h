@@ -152,6 +152,11 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   absl::Status LoadWeights(const SafetensorsCheckpoint& checkpoint,
                            bool allow_removed_extra = false);
 
+  // Stores every convolution weight channels-last (NHWC), the layout the
+  // GPU's convolutions and the fused group-norm kernel are fastest in.
+  // Values and names are unchanged.
+  void ToChannelsLast();
+
   // Fills parameters with seeded random values: weights N(0, 1/fan_in),
   // biases small, norm scales near 1. For benchmarks and tests.
   void RandomizeParameters(uint64_t seed);

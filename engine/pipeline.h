@@ -82,8 +82,9 @@ struct PipelineResult {
 };
 
 // Runs `job` (already validated and with defaults applied, as
-// client::ParseJobSpecYaml gives it) to the end. Only file:// URIs for the
-// model and data for now (s3:// is Unimplemented).
+// client::ParseJobSpecYaml gives it) to the end. The model and the data must
+// be file:// folders for now (s3:// there is Unimplemented); the output may
+// be file:// or s3:// (credentials from the AWS_* variables).
 absl::StatusOr<PipelineResult> RunJob(const lpd::v1::CompressionJob& job,
                                       const PipelineOptions& options = {});
 

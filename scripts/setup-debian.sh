@@ -11,7 +11,7 @@ packages=(
   libcurl4-openssl-dev libssl-dev libsqlite3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev clang-format
-  python3
+  python3 awscli nodejs
 )
 
 missing=()
@@ -19,6 +19,9 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
     missing+=("$p")
 done
+# npm (for the s3rver test server): Debian's package, unless the nodejs
+# installed already brings it (NodeSource's conflicts with Debian's npm).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo

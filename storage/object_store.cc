@@ -18,6 +18,7 @@
 #include "common/status_macros.h"
 #include "storage/local_file.h"
 #include "storage/local_object_store.h"
+#include "storage/s3_object_store.h"
 
 namespace lpd::storage {
 namespace {
@@ -326,9 +327,12 @@ absl::StatusOr<std::unique_ptr<ObjectStore>> OpenObjectStore(
                        LocalObjectStore::Create(parsed.location));
       return std::unique_ptr<ObjectStore>(std::move(store));
     }
-    case StorageUri::Scheme::kS3:
-      return absl::UnimplementedError(absl::StrCat(
-          "S3 storage is not built yet (cannot open ", parsed.ToString(), ")"));
+    case StorageUri::Scheme::kS3: {
+      ASSIGN_OR_RETURN(std::unique_ptr<S3ObjectStore> store,
+                       S3ObjectStore::Create(parsed.location, parsed.prefix,
+                                             S3Config::FromEnvironment()));
+      return std::unique_ptr<ObjectStore>(std::move(store));
+    }
   }
   return absl::InternalError(absl::StrCat("unhandled scheme in ", uri));
 }

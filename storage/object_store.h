@@ -184,7 +184,8 @@ absl::StatusOr<StorageUri> ParseStorageUri(absl::string_view uri);
 
 // Opens the store rooted at `uri`: for file:// a LocalObjectStore on that
 // folder (which need not exist yet; the first write creates it); for s3://
-// Unimplemented until the S3 back end is built.
+// an S3ObjectStore configured from the AWS_* environment variables
+// (S3Config::FromEnvironment; InvalidArgument without credentials).
 absl::StatusOr<std::unique_ptr<ObjectStore>> OpenObjectStore(
     absl::string_view uri);
 

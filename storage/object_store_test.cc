@@ -158,10 +158,19 @@ TEST(OpenObjectStoreTest, OpensLocalStoreForFileUri) {
   EXPECT_EQ(testing_util::ReadLocalFile(temp.Sub("a/b.txt")), "hello");
 }
 
-TEST(OpenObjectStoreTest, S3IsNotBuiltYet) {
-  EXPECT_TRUE(IsError(OpenObjectStore("s3://bucket/prefix/").status(),
-                      absl::StatusCode::kUnimplemented,
-                      {"S3 storage is not built yet", "s3://bucket/prefix/"}));
+TEST(OpenObjectStoreTest, OpensS3FromTheEnvironment) {
+  ::unsetenv("AWS_ACCESS_KEY_ID");
+  ::unsetenv("AWS_SECRET_ACCESS_KEY");
+  EXPECT_TRUE(IsError(OpenObjectStore("s3://bucket/prefix/").status(), kInvalid,
+                      {"s3://bucket/prefix/", "AWS_ACCESS_KEY_ID"}));
+  ::setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE", 1);
+  ::setenv("AWS_SECRET_ACCESS_KEY", "secret", 1);
+  absl::StatusOr<std::unique_ptr<ObjectStore>> store =
+      OpenObjectStore("s3://bucket/prefix");
+  ::unsetenv("AWS_ACCESS_KEY_ID");
+  ::unsetenv("AWS_SECRET_ACCESS_KEY");
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->uri(), "s3://bucket/prefix/");
 }
 
 TEST(OpenObjectStoreTest, RejectsUnknownSchemeNamingTheUri) {

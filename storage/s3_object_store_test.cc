@@ -1,0 +1,544 @@
+// Tests of S3ObjectStore against a real S3 server (s3rver, installed by
+// scripts/install-s3rver.sh into .tools/), the aws CLI and a fault-injecting
+// proxy. s3rver does not check signatures: sigv4_test.cc does that.
+#include "storage/s3_object_store.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "storage/test_util.h"
+
+namespace lpd::storage {
+namespace {
+
+using testing_util::IsError;
+using testing_util::PatternBytes;
+using testing_util::ReadLocalFile;
+using testing_util::TempFolder;
+using testing_util::WriteLocalFile;
+
+constexpr char kBucket[] = "lpd-test";
+constexpr int64_t kPart = 64 << 10;  // small parts: s3rver takes them
+
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+int ConnectLoopback(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+std::string S3rverPath() {
+  const char* env = ::getenv("LPD_S3RVER");
+  if (env != nullptr && *env != '\0') return env;
+  return LPD_SOURCE_DIR "/.tools/node_modules/.bin/s3rver";
+}
+
+// A loopback TCP proxy to `upstream_port` that, for the next `faults`
+// connections, answers 503 (or closes without answering) instead.
+class FaultProxy {
+ public:
+  explicit FaultProxy(int upstream_port) : upstream_(upstream_port) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    socklen_t len = sizeof(addr);
+    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    ::listen(listen_fd_, 64);
+    accept_thread_ = std::thread([this] { AcceptLoop(); });
+  }
+  ~FaultProxy() {
+    stop_ = true;
+    ::shutdown(listen_fd_, SHUT_RDWR);
+    accept_thread_.join();
+    for (std::thread& t : connections_) t.join();
+    ::close(listen_fd_);
+  }
+  int port() const { return port_; }
+  // The next `n` connections get 503 (or, with `drop`, are closed unread).
+  void Fail(int n, bool drop) {
+    drop_ = drop;
+    faults_ = n;
+  }
+  int faults_served() const { return served_; }
+
+ private:
+  void AcceptLoop() {
+    while (!stop_) {
+      int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (stop_) return;
+        continue;
+      }
+      if (faults_.fetch_sub(1) > 0) {
+        ++served_;
+        if (!drop_) {
+          // Read the request head, then refuse.
+          std::string head;
+          char buf[4096];
+          while (head.find("\r\n\r\n") == std::string::npos) {
+            ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+            if (n <= 0) break;
+            head.append(buf, n);
+          }
+          const std::string answer =
+              "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+              "Connection: close\r\n\r\n";
+          (void)!::send(fd, answer.data(), answer.size(), MSG_NOSIGNAL);
+        }
+        ::close(fd);
+        continue;
+      }
+      faults_ = 0;
+      connections_.emplace_back([this, fd] { Pipe(fd); });
+    }
+  }
+
+  void Pipe(int client) {
+    int server = ConnectLoopback(upstream_);
+    if (server < 0) {
+      ::close(client);
+      return;
+    }
+    pollfd fds[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
+    char buf[65536];
+    while (!stop_) {
+      int r = ::poll(fds, 2, 100);
+      if (r < 0) break;
+      if (r == 0) continue;
+      bool done = false;
+      for (int i = 0; i < 2; ++i) {
+        if (fds[i].revents == 0) continue;
+        ssize_t n = ::recv(fds[i].fd, buf, sizeof(buf), 0);
+        if (n <= 0) {
+          done = true;
+          break;
+        }
+        for (ssize_t off = 0; off < n;) {
+          ssize_t w = ::send(fds[1 - i].fd, buf + off, n - off, MSG_NOSIGNAL);
+          if (w <= 0) {
+            done = true;
+            break;
+          }
+          off += w;
+        }
+      }
+      if (done) break;
+    }
+    ::close(client);
+    ::close(server);
+  }
+
+  int upstream_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> drop_{false};
+  std::atomic<int> faults_{0};
+  std::atomic<int> served_{0};
+  std::thread accept_thread_;
+  std::vector<std::thread> connections_;
+};
+
+class S3StoreTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string s3rver = S3rverPath();
+    ASSERT_TRUE(std::filesystem::exists(s3rver))
+        << "s3rver is not installed at " << s3rver
+        << ": run scripts/install-s3rver.sh (scripts/test.sh does) or set "
+           "LPD_S3RVER to its path";
+    std::filesystem::create_directory(temp_.Sub("s3rver"));
+    port_ = FreePort();
+    const std::string log = temp_.Sub("s3rver.log");
+    const std::string port = absl::StrCat(port_);
+    const std::string dir = temp_.Sub("s3rver");
+    pid_ = ::fork();
+    ASSERT_GE(pid_, 0);
+    if (pid_ == 0) {
+      ::setpgid(0, 0);
+      int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      ::dup2(out, 1);
+      ::dup2(out, 2);
+      // s3rver 3.7 makes continuation tokens with DES, which Node 20's
+      // OpenSSL 3 only offers through the legacy provider.
+      ::setenv("NODE_OPTIONS", "--openssl-legacy-provider", 1);
+      ::execl(s3rver.c_str(), s3rver.c_str(), "-d", dir.c_str(), "-a",
+              "127.0.0.1", "-p", port.c_str(), "--configure-bucket", kBucket,
+              "--silent", static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    // Ready when the bucket can be listed.
+    absl::Time deadline = absl::Now() + absl::Seconds(30);
+    std::unique_ptr<S3ObjectStore> probe = Open(kBucket, "");
+    while (true) {
+      int status = 0;
+      ASSERT_EQ(::waitpid(pid_, &status, WNOHANG), 0)
+          << "s3rver exited: " << ReadLocalFile(log);
+      if (probe->List("").ok()) break;
+      ASSERT_LT(absl::Now(), deadline)
+          << "s3rver did not start: " << ReadLocalFile(log);
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+  }
+
+  void TearDown() override {
+    if (pid_ > 0) {
+      ::kill(-pid_, SIGTERM);
+      ::kill(pid_, SIGTERM);
+      int status = 0;
+      ::waitpid(pid_, &status, 0);
+    }
+  }
+
+  S3Config Config(int port = 0) const {
+    S3Config config;
+    config.endpoint = absl::StrCat("http://127.0.0.1:", port ? port : port_);
+    config.credentials = {"S3RVER", "S3RVER", ""};
+    config.part_size = kPart;
+    config.allow_small_parts = true;
+    config.max_attempts = 3;
+    config.initial_backoff = absl::Milliseconds(5);
+    config.connect_timeout = absl::Seconds(5);
+    return config;
+  }
+
+  std::unique_ptr<S3ObjectStore> Open(const std::string& bucket,
+                                      const std::string& prefix) const {
+    return Open(bucket, prefix, Config());
+  }
+  static std::unique_ptr<S3ObjectStore> Open(const std::string& bucket,
+                                             const std::string& prefix,
+                                             S3Config config) {
+    auto store = S3ObjectStore::Create(bucket, prefix, std::move(config));
+    EXPECT_TRUE(store.ok()) << store.status();
+    return store.ok() ? std::move(*store) : nullptr;
+  }
+
+  // Runs the aws CLI against s3rver; returns its exit status.
+  int Aws(const std::string& args) {
+    const std::string out = temp_.Sub("aws.log");
+    std::string command = absl::StrCat(
+        "env AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER "
+        "AWS_DEFAULT_REGION=us-east-1 AWS_PAGER= /usr/bin/aws "
+        "--endpoint-url http://127.0.0.1:",
+        port_, " ", args, " >", out, " 2>&1");
+    int rc = std::system(command.c_str());
+    if (rc != 0) ADD_FAILURE() << command << ":\n" << ReadLocalFile(out);
+    return rc;
+  }
+
+  TempFolder temp_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+};
+
+TEST_F(S3StoreTest, SmallRoundTrip) {
+  auto store = Open(kBucket, "jobs/1/");
+  EXPECT_EQ(store->uri(), "s3://lpd-test/jobs/1/");
+  ASSERT_TRUE(store->Put("a/b c+d.txt", "hello").ok());
+  EXPECT_EQ(*store->Get("a/b c+d.txt"), "hello");
+  EXPECT_TRUE(*store->Exists("a/b c+d.txt"));
+  absl::StatusOr<ObjectStat> stat = store->Stat("a/b c+d.txt");
+  ASSERT_TRUE(stat.ok()) << stat.status();
+  EXPECT_EQ(stat->size, 5);
+  EXPECT_LT(absl::AbsDuration(stat->mtime - absl::Now()), absl::Minutes(5));
+  ASSERT_TRUE(store->Put("empty", "").ok());
+  EXPECT_EQ(*store->Get("empty"), "");
+  // Overwrite.
+  ASSERT_TRUE(store->Put("a/b c+d.txt", "bye").ok());
+  EXPECT_EQ(*store->Get("a/b c+d.txt"), "bye");
+  // The prefix is where the objects are.
+  EXPECT_EQ(*Open(kBucket, "")->Get("jobs/1/a/b c+d.txt"), "bye");
+}
+
+TEST_F(S3StoreTest, MissingKeyAndBucketAreNotFound) {
+  auto store = Open(kBucket, "p/");
+  EXPECT_TRUE(IsError(store->Get("missing").status(),
+                      absl::StatusCode::kNotFound,
+                      {"\"missing\"", "s3://lpd-test/p/"}));
+  EXPECT_TRUE(IsError(store->Stat("missing").status(),
+                      absl::StatusCode::kNotFound, {"\"missing\""}));
+  EXPECT_FALSE(*store->Exists("missing"));
+  EXPECT_TRUE(IsError(store->GetToFile("missing", temp_.Sub("x")),
+                      absl::StatusCode::kNotFound, {"\"missing\""}));
+  EXPECT_FALSE(std::filesystem::exists(temp_.Sub("x")));
+
+  auto nobucket = Open("no-such-bucket", "");
+  EXPECT_TRUE(IsError(nobucket->Get("k").status(), absl::StatusCode::kNotFound,
+                      {"\"no-such-bucket\"", "does not exist"}));
+  EXPECT_TRUE(IsError(nobucket->List("").status(), absl::StatusCode::kNotFound,
+                      {"\"no-such-bucket\""}));
+  EXPECT_TRUE(IsError(nobucket->Put("k", "v"), absl::StatusCode::kNotFound,
+                      {"\"no-such-bucket\""}));
+}
+
+TEST_F(S3StoreTest, MultipartRoundTrip) {
+  auto store = Open(kBucket, "big/");
+  const std::string data = PatternBytes(5 * kPart + 12345);
+  auto writer = store->NewWriter("model.bin");
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  for (size_t off = 0; off < data.size();) {
+    size_t n = std::min<size_t>(data.size() - off, 40000 + off % 7);
+    ASSERT_TRUE((*writer)->Append(data.substr(off, n)).ok());
+    off += n;
+  }
+  // Parts are up, but nothing is visible before Commit.
+  EXPECT_FALSE(*store->Exists("model.bin"));
+  const S3Counters before = GetS3Counters();
+  ASSERT_TRUE((*writer)->Commit().ok());
+  EXPECT_GT(GetS3Counters().bytes_sent, before.bytes_sent);
+  EXPECT_EQ((*writer)->bytes_written(), static_cast<int64_t>(data.size()));
+  EXPECT_EQ(*store->Get("model.bin"), data);
+
+  // One big Put and PutFile take the multipart path too.
+  ASSERT_TRUE(store->Put("put.bin", data).ok());
+  EXPECT_EQ(*store->Get("put.bin"), data);
+  WriteLocalFile(temp_.Sub("local.bin"), data);
+  ASSERT_TRUE(store->PutFile("file.bin", temp_.Sub("local.bin")).ok());
+  ASSERT_TRUE(store->GetToFile("file.bin", temp_.Sub("back.bin")).ok());
+  EXPECT_EQ(ReadLocalFile(temp_.Sub("back.bin")), data);
+  std::vector<ObjectEntry> want = {
+      {"file.bin", static_cast<int64_t>(data.size())},
+      {"model.bin", static_cast<int64_t>(data.size())},
+      {"put.bin", static_cast<int64_t>(data.size())}};
+  EXPECT_EQ(*store->List(""), want);
+}
+
+TEST_F(S3StoreTest, AbortLeavesNothingVisible) {
+  auto store = Open(kBucket, "");
+  auto writer = store->NewWriter("aborted.bin");
+  ASSERT_TRUE(writer.ok());
+  ASSERT_TRUE((*writer)->Append(PatternBytes(4 * kPart)).ok());
+  // s3rver answers AbortMultipartUpload with 405: logged, still OK.
+  EXPECT_TRUE((*writer)->Abort().ok());
+  EXPECT_TRUE((*writer)->Abort().ok());
+  EXPECT_TRUE(
+      IsError((*writer)->Commit(), absl::StatusCode::kFailedPrecondition));
+  EXPECT_FALSE(*store->Exists("aborted.bin"));
+  EXPECT_TRUE(store->List("")->empty());
+  {
+    auto dropped = store->NewWriter("dropped.bin");
+    ASSERT_TRUE((*dropped)->Append(PatternBytes(2 * kPart)).ok());
+  }
+  EXPECT_FALSE(*store->Exists("dropped.bin"));
+}
+
+TEST_F(S3StoreTest, ListsWithPrefixesAndContinuation) {
+  S3Config config = Config();
+  config.list_page_size = 2;
+  auto store = Open(kBucket, "root/", config);
+  for (const char* key : {"a/1", "a/2", "a/b/3", "a/bc", "b/1", "c", "a/b/4"}) {
+    ASSERT_TRUE(store->Put(key, key).ok());
+  }
+  ASSERT_TRUE(Open(kBucket, "")->Put("outside", "x").ok());
+  auto keys = [&](const std::string& prefix) {
+    std::vector<std::string> out;
+    absl::StatusOr<std::vector<ObjectEntry>> list = store->List(prefix);
+    EXPECT_TRUE(list.ok()) << list.status();
+    for (const ObjectEntry& e : *list) out.push_back(e.key);
+    return out;
+  };
+  EXPECT_EQ(keys(""), (std::vector<std::string>{"a/1", "a/2", "a/b/3", "a/b/4",
+                                                "a/bc", "b/1", "c"}));
+  EXPECT_EQ(keys("a/"),
+            (std::vector<std::string>{"a/1", "a/2", "a/b/3", "a/b/4", "a/bc"}));
+  EXPECT_EQ(keys("a/b"), (std::vector<std::string>{"a/b/3", "a/b/4", "a/bc"}));
+  EXPECT_EQ(keys("a/b/"), (std::vector<std::string>{"a/b/3", "a/b/4"}));
+  EXPECT_TRUE(keys("zzz/").empty());
+  EXPECT_EQ((*store->List("a/b/"))[0].size, 5);
+}
+
+TEST_F(S3StoreTest, RangedReads) {
+  auto store = Open(kBucket, "");
+  const std::string data = PatternBytes(1000);
+  ASSERT_TRUE(store->Put("r", data).ok());
+  EXPECT_EQ(*store->GetRange("r", 0, 10), data.substr(0, 10));
+  EXPECT_EQ(*store->GetRange("r", 990, 10), data.substr(990));
+  EXPECT_EQ(*store->GetRange("r", 123, 456), data.substr(123, 456));
+  EXPECT_EQ(*store->GetRange("r", 1000, 0), "");
+  EXPECT_TRUE(IsError(store->GetRange("r", 995, 10).status(),
+                      absl::StatusCode::kOutOfRange,
+                      {"s3://lpd-test/r", "[995, 1005)", "1000 bytes"}));
+  EXPECT_TRUE(IsError(store->GetRange("r", 2000, 1).status(),
+                      absl::StatusCode::kOutOfRange, {"1000 bytes"}));
+  EXPECT_TRUE(IsError(store->GetRange("r", 1001, 0).status(),
+                      absl::StatusCode::kOutOfRange));
+  EXPECT_TRUE(IsError(store->GetRange("missing", 0, 1).status(),
+                      absl::StatusCode::kNotFound));
+}
+
+TEST_F(S3StoreTest, DeleteAndDeletePrefix) {
+  auto store = Open(kBucket, "d/");
+  for (const char* key : {"x/1", "x/2", "y/1"}) {
+    ASSERT_TRUE(store->Put(key, "v").ok());
+  }
+  ASSERT_TRUE(store->Delete("y/1").ok());
+  EXPECT_FALSE(*store->Exists("y/1"));
+  EXPECT_TRUE(store->Delete("y/1").ok());  // missing: OK, as on S3
+  ASSERT_TRUE(store->DeletePrefix("x/").ok());
+  EXPECT_TRUE(store->List("")->empty());
+}
+
+TEST_F(S3StoreTest, InteroperatesWithAwsCli) {
+  auto store = Open(kBucket, "cli/");
+  const std::string ours = PatternBytes(3 * kPart + 7, 2);
+  ASSERT_TRUE(store->Put("ours.bin", ours).ok());
+  ASSERT_EQ(Aws(absl::StrCat("s3 cp s3://lpd-test/cli/ours.bin ",
+                             temp_.Sub("from-s3.bin"))),
+            0);
+  EXPECT_EQ(ReadLocalFile(temp_.Sub("from-s3.bin")), ours);
+
+  // 9 MiB: the CLI uploads it in parts.
+  const std::string theirs = PatternBytes(9 << 20, 3);
+  WriteLocalFile(temp_.Sub("theirs.bin"), theirs);
+  ASSERT_EQ(Aws(absl::StrCat("s3 cp ", temp_.Sub("theirs.bin"),
+                             " s3://lpd-test/cli/sub/theirs.bin")),
+            0);
+  EXPECT_EQ(*store->Get("sub/theirs.bin"), theirs);
+  EXPECT_EQ(*store->GetRange("sub/theirs.bin", 5 << 20, 100),
+            theirs.substr(5 << 20, 100));
+}
+
+TEST_F(S3StoreTest, RetriesThroughFaultsThenSucceeds) {
+  FaultProxy proxy(port_);
+  S3Config config = Config(proxy.port());
+  config.reuse_connections = false;
+  config.max_attempts = 4;
+  auto store = Open(kBucket, "", config);
+  const S3Counters before = GetS3Counters();
+  proxy.Fail(3, /*drop=*/false);
+  ASSERT_TRUE(store->Put("a", "retried").ok());
+  EXPECT_EQ(proxy.faults_served(), 3);
+  proxy.Fail(3, /*drop=*/true);
+  EXPECT_EQ(*store->Get("a"), "retried");
+  EXPECT_EQ(proxy.faults_served(), 6);
+  const S3Counters after = GetS3Counters();
+  EXPECT_GE(after.retries - before.retries, 6);
+  EXPECT_GE(after.errors - before.errors, 6);
+
+  // A multipart upload whose parts meet faults: each part is retried.
+  const std::string data = PatternBytes(4 * kPart + 1);
+  auto writer = store->NewWriter("parts.bin");
+  ASSERT_TRUE((*writer)->Append(data.substr(0, 2 * kPart + 1)).ok());
+  proxy.Fail(2, /*drop=*/true);
+  ASSERT_TRUE((*writer)->Append(data.substr(2 * kPart + 1)).ok());
+  ASSERT_TRUE((*writer)->Commit().ok());
+  EXPECT_EQ(*store->Get("parts.bin"), data);
+}
+
+TEST_F(S3StoreTest, ExhaustedRetriesAbortAndLeaveNothing) {
+  FaultProxy proxy(port_);
+  S3Config config = Config(proxy.port());
+  config.reuse_connections = false;
+  auto store = Open(kBucket, "", config);
+  auto writer = store->NewWriter("failed.bin");
+  ASSERT_TRUE((*writer)->Append(PatternBytes(2 * kPart + 1)).ok());
+  proxy.Fail(1000, /*drop=*/false);
+  absl::Status status = (*writer)->Append(PatternBytes(2 * kPart));
+  EXPECT_TRUE(IsError(status, absl::StatusCode::kUnavailable,
+                      {"UploadPart", "failed.bin", "503", "after 3 attempts"}));
+  // The writer is broken and keeps its error.
+  EXPECT_EQ((*writer)->Commit(), status);
+  proxy.Fail(0, false);
+  EXPECT_FALSE(*store->Exists("failed.bin"));
+  EXPECT_TRUE(store->List("")->empty());
+
+  proxy.Fail(1000, /*drop=*/true);
+  EXPECT_TRUE(IsError(store->Put("x", "y"), absl::StatusCode::kUnavailable,
+                      {"PUT", "s3://lpd-test/x"}));
+  proxy.Fail(0, false);
+}
+
+TEST(S3ObjectStoreCreateTest, RejectsBadConfig) {
+  S3Config config;
+  config.credentials = {"a", "b", ""};
+  EXPECT_TRUE(S3ObjectStore::Create("b", "", config).ok());
+  config.endpoint = "ftp://x";
+  EXPECT_TRUE(IsError(S3ObjectStore::Create("b", "", config).status(),
+                      absl::StatusCode::kInvalidArgument, {"ftp://x"}));
+  config.endpoint = "";
+  config.part_size = 1 << 20;
+  EXPECT_TRUE(IsError(S3ObjectStore::Create("b", "", config).status(),
+                      absl::StatusCode::kInvalidArgument, {"part size"}));
+  config.part_size = kS3MinPartBytes;
+  config.credentials = {};
+  EXPECT_TRUE(IsError(S3ObjectStore::Create("b", "", config).status(),
+                      absl::StatusCode::kInvalidArgument,
+                      {"AWS_ACCESS_KEY_ID"}));
+}
+
+TEST(S3ConfigTest, ReadsTheEnvironment) {
+  ::setenv("AWS_ACCESS_KEY_ID", "AKID", 1);
+  ::setenv("AWS_SECRET_ACCESS_KEY", "SECRET", 1);
+  ::setenv("AWS_SESSION_TOKEN", "TOKEN", 1);
+  ::unsetenv("AWS_REGION");
+  ::setenv("AWS_DEFAULT_REGION", "eu-west-3", 1);
+  ::unsetenv("AWS_ENDPOINT_URL_S3");
+  ::setenv("AWS_ENDPOINT_URL", "http://minio:9000", 1);
+  S3Config config = S3Config::FromEnvironment();
+  EXPECT_EQ(config.credentials.access_key_id, "AKID");
+  EXPECT_EQ(config.credentials.secret_access_key, "SECRET");
+  EXPECT_EQ(config.credentials.session_token, "TOKEN");
+  EXPECT_EQ(config.region, "eu-west-3");
+  EXPECT_EQ(config.endpoint, "http://minio:9000");
+  ::setenv("AWS_REGION", "ap-south-1", 1);
+  EXPECT_EQ(S3Config::FromEnvironment().region, "ap-south-1");
+}
+
+TEST(XmlTest, ExtractsAndUnescapes) {
+  const std::string xml =
+      "<R><KeyCount>2</KeyCount><Contents><Key>a&amp;b&lt;&#233;&#x41;</Key>"
+      "<Size>3</Size></Contents><Contents><Key>c</Key><Size>4</Size>"
+      "</Contents><Empty/></R>";
+  std::vector<std::string> contents = XmlElements(xml, "Contents");
+  ASSERT_EQ(contents.size(), 2u);
+  EXPECT_EQ(XmlUnescape(XmlElements(contents[0], "Key")[0]),
+            "a&b<\xc3\xa9"
+            "A");
+  EXPECT_EQ(XmlElements(xml, "Key").size(), 2u);  // not KeyCount
+  EXPECT_EQ(XmlElements(xml, "Empty"), std::vector<std::string>{""});
+  EXPECT_EQ(XmlUnescape("a & b &bogus; c"), "a & b &bogus; c");
+}
+
+}  // namespace
+}  // namespace lpd::storage

@@ -83,6 +83,10 @@ class AtomicFileWriter {
   absl::Status Abort();
 
   int64_t bytes_written() const { return bytes_written_; }
+  // The temporary file, for callers that fill it out of order with
+  // positioned writes (pwrite) instead of Append; they must be done before
+  // Commit.
+  int fd() const { return file_.get(); }
   const std::string& display_path() const { return display_path_; }
 
  private:

@@ -2,13 +2,18 @@
 
 #include <curl/curl.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <iostream>
 #include <mutex>
+#include <thread>
 #include <utility>
 
 #include "absl/random/random.h"
@@ -362,6 +367,7 @@ absl::StatusOr<std::unique_ptr<S3ObjectStore>> S3ObjectStore::Create(
                                 " is outside [5 MiB, 5 GiB]"));
   }
   if (config.max_attempts < 1) return invalid("max_attempts must be >= 1");
+  if (config.parallel_parts < 1) return invalid("parallel_parts must be >= 1");
   if (config.list_page_size < 1 || config.list_page_size > 1000) {
     return invalid("list_page_size must be in [1, 1000]");
   }
@@ -606,19 +612,15 @@ class S3Writer : public ObjectWriter {
     bytes_written_ += static_cast<int64_t>(data.size());
     while (!data.empty()) {
       const size_t part = static_cast<size_t>(PartSize());
-      if (buffer_.empty() && data.size() > part) {
-        // Upload straight from the caller's data; keep at least one byte
-        // back so the last part is never empty.
-        RETURN_IF_ERROR(UploadPart(data.substr(0, part)));
-        data.remove_prefix(part);
-        continue;
-      }
+      // A full buffer goes up only once more data follows, so that the
+      // last part is never empty.
       const size_t take = std::min(part - buffer_.size(), data.size());
+      if (buffer_.empty()) buffer_.reserve(part);
       buffer_.append(data.data(), take);
       data.remove_prefix(take);
       if (buffer_.size() == part && !data.empty()) {
-        RETURN_IF_ERROR(UploadPart(buffer_));
-        buffer_.clear();
+        RETURN_IF_ERROR(UploadPart(std::move(buffer_)));
+        buffer_ = std::string();
       }
     }
     return absl::OkStatus();
@@ -640,9 +642,10 @@ class S3Writer : public ObjectWriter {
       return absl::OkStatus();
     }
     if (!buffer_.empty()) {
-      RETURN_IF_ERROR(UploadPart(buffer_));
-      buffer_.clear();
+      RETURN_IF_ERROR(UploadPart(std::move(buffer_)));
+      buffer_ = std::string();
     }
+    RETURN_IF_ERROR(WaitForParts(0));
     std::string xml = "<CompleteMultipartUpload>";
     for (size_t i = 0; i < etags_.size(); ++i) {
       absl::StrAppend(&xml, "<Part><PartNumber>", i + 1, "</PartNumber><ETag>",
@@ -679,6 +682,7 @@ class S3Writer : public ObjectWriter {
     state_ = State::kAborted;
     buffer_.clear();
     buffer_.shrink_to_fit();
+    DrainParts();
     AbortUpload();
     return absl::OkStatus();
   }
@@ -714,8 +718,38 @@ class S3Writer : public ObjectWriter {
     error_ = status;
     state_ = State::kAborted;
     buffer_.clear();
+    DrainParts();
     AbortUpload();
     return status;
+  }
+
+  // Waits for every part in flight (their results no longer matter).
+  void DrainParts() {
+    for (InFlightPart& p : in_flight_) p.result.wait();
+    in_flight_.clear();
+  }
+
+  // Waits until at most `max_in_flight` parts are in flight, oldest first;
+  // the first failed part fails the upload (after the others finish).
+  absl::Status WaitForParts(size_t max_in_flight) {
+    while (!in_flight_.empty()) {
+      // Surface a failure among the finished parts early.
+      auto done = std::find_if(
+          in_flight_.begin(), in_flight_.end(), [](InFlightPart& p) {
+            return p.result.wait_for(std::chrono::seconds(0)) ==
+                   std::future_status::ready;
+          });
+      if (done == in_flight_.end()) {
+        if (in_flight_.size() <= max_in_flight) return absl::OkStatus();
+        done = in_flight_.begin();
+      }
+      absl::StatusOr<std::string> etag = done->result.get();
+      const int part_number = done->part_number;
+      in_flight_.erase(done);
+      if (!etag.ok()) return Fail(etag.status());
+      etags_[part_number - 1] = *std::move(etag);
+    }
+    return absl::OkStatus();
   }
 
   void AbortUpload() {
@@ -737,7 +771,10 @@ class S3Writer : public ObjectWriter {
     upload_id_.clear();
   }
 
-  absl::Status UploadPart(absl::string_view data) {
+  // Starts uploading `data` as the next part on its own thread, then waits
+  // until fewer than parallel_parts parts are in flight (so at most that
+  // many part buffers exist, this writer's included).
+  absl::Status UploadPart(std::string data) {
     if (etags_.size() >= static_cast<size_t>(kS3MaxParts)) {
       return Fail(absl::ResourceExhaustedError(
           absl::StrCat("writing ", store_->UriOf(key_), ": more than ",
@@ -760,31 +797,48 @@ class S3Writer : public ObjectWriter {
       }
     }
     const int part_number = static_cast<int>(etags_.size()) + 1;
-    S3ObjectStore::Request request;
-    request.method = "PUT";
-    request.key = store_->ObjectKey(key_);
-    request.store_key = key_;
-    request.what = absl::StrCat("UploadPart ", part_number);
-    request.query = {{"partNumber", absl::StrCat(part_number)},
-                     {"uploadId", upload_id_}};
-    request.body = data;
-    absl::StatusOr<S3ObjectStore::Response> r = store_->Send(request);
-    if (!r.ok()) return Fail(r.status());
-    std::string etag = r->Header("etag");
-    if (etag.empty()) {
-      return Fail(absl::InternalError(
-          absl::StrCat("S3 UploadPart ", part_number, " ", store_->UriOf(key_),
-                       ": no ETag in the answer")));
-    }
-    etags_.push_back(std::move(etag));
-    return absl::OkStatus();
+    etags_.emplace_back();
+    InFlightPart part;
+    part.part_number = part_number;
+    part.result = std::async(
+        std::launch::async,
+        [store = store_, key = key_, upload_id = upload_id_, part_number,
+         data = std::move(data)]() -> absl::StatusOr<std::string> {
+          S3ObjectStore::Request request;
+          request.method = "PUT";
+          request.key = store->ObjectKey(key);
+          request.store_key = key;
+          request.what = absl::StrCat("UploadPart ", part_number);
+          request.query = {{"partNumber", absl::StrCat(part_number)},
+                           {"uploadId", upload_id}};
+          request.body = data;
+          absl::StatusOr<S3ObjectStore::Response> r = store->Send(request);
+          if (!r.ok()) return r.status();
+          std::string etag = r->Header("etag");
+          if (etag.empty()) {
+            return absl::InternalError(
+                absl::StrCat("S3 UploadPart ", part_number, " ",
+                             store->UriOf(key), ": no ETag in the answer"));
+          }
+          return etag;
+        });
+    in_flight_.push_back(std::move(part));
+    const size_t parallel =
+        static_cast<size_t>(std::max(1, store_->config().parallel_parts));
+    return WaitForParts(parallel - 1);
   }
+
+  struct InFlightPart {
+    int part_number = 0;
+    std::future<absl::StatusOr<std::string>> result;
+  };
 
   const S3ObjectStore* store_;
   std::string key_;
   std::string buffer_;
   std::string upload_id_;
-  std::vector<std::string> etags_;
+  std::vector<std::string> etags_;  // by part number - 1; "" while in flight
+  std::vector<InFlightPart> in_flight_;
   int64_t bytes_written_ = 0;
   absl::Status error_;
   State state_ = State::kOpen;
@@ -871,8 +925,107 @@ absl::StatusOr<std::string> S3ObjectStore::DoGetRange(absl::string_view key,
   return std::move(response->body);
 }
 
+absl::Status S3ObjectStore::GetRangesToFile(absl::string_view key,
+                                            const std::string& local_path,
+                                            int64_t size,
+                                            const std::string& etag) const {
+  ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> file,
+                   AtomicFileWriter::CreateAtPath(local_path));
+  if (::ftruncate(file->fd(), static_cast<off_t>(size)) != 0) {
+    absl::Status status = ErrnoError(
+        errno, absl::StrCat("sizing ", local_path, " to ", size, " bytes"));
+    (void)file->Abort();
+    return status;
+  }
+  const int64_t range = config_.part_size;
+  const int64_t ranges = (size + range - 1) / range;
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex mu;
+  absl::Status first_error;
+  auto worker = [&] {
+    while (!failed.load()) {
+      const int64_t index = next.fetch_add(1);
+      if (index >= ranges) return;
+      const int64_t offset = index * range;
+      const int64_t length = std::min(range, size - offset);
+      int64_t written = 0;
+      Request request;
+      request.method = "GET";
+      request.key = ObjectKey(key);
+      request.store_key = std::string(key);
+      request.what = absl::StrCat("GET (range ", offset, "+", length, ")");
+      request.headers = {
+          {"range", absl::StrCat("bytes=", offset, "-", offset + length - 1)}};
+      if (!etag.empty()) request.headers.emplace_back("if-match", etag);
+      request.begin_attempt = [&]() -> absl::Status {
+        written = 0;
+        return absl::OkStatus();
+      };
+      request.sink = [&](absl::string_view data) -> absl::Status {
+        if (written + static_cast<int64_t>(data.size()) > length) {
+          return absl::DataLossError(
+              absl::StrCat("got more than the ", length, " bytes asked for"));
+        }
+        const char* p = data.data();
+        size_t left = data.size();
+        while (left > 0) {
+          ssize_t n = ::pwrite(file->fd(), p, left,
+                               static_cast<off_t>(offset + written));
+          if (n < 0 && errno == EINTR) continue;
+          if (n <= 0) {
+            return ErrnoError(n < 0 ? errno : EIO,
+                              absl::StrCat("writing ", local_path));
+          }
+          p += n;
+          left -= static_cast<size_t>(n);
+          written += n;
+        }
+        return absl::OkStatus();
+      };
+      absl::Status status = Send(request).status();
+      if (status.ok() && written != length) {
+        status = absl::DataLossError(absl::StrCat(
+            "downloading ", UriOf(key), " to ", local_path, ": got ", written,
+            " of ", length, " bytes at ", offset));
+      }
+      if (!status.ok()) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (first_error.ok()) first_error = status;
+        failed = true;
+        return;
+      }
+    }
+  };
+  const int64_t threads =
+      std::min<int64_t>(ranges, std::max(1, config_.parallel_parts));
+  std::vector<std::thread> helpers;
+  for (int64_t i = 1; i < threads; ++i) helpers.emplace_back(worker);
+  worker();
+  for (std::thread& t : helpers) t.join();
+  if (!first_error.ok()) {
+    (void)file->Abort();
+    return first_error;
+  }
+  return file->Commit();
+}
+
 absl::Status S3ObjectStore::DoGetToFile(absl::string_view key,
                                         const std::string& local_path) const {
+  if (config_.parallel_parts > 1) {
+    // The size first: large objects come down as parallel ranges.
+    Request head;
+    head.method = "HEAD";
+    head.key = ObjectKey(key);
+    head.store_key = std::string(key);
+    head.what = "HEAD";
+    ASSIGN_OR_RETURN(Response response, Send(head));
+    int64_t size = 0;
+    if (absl::SimpleAtoi(response.Header("content-length"), &size) &&
+        size > config_.part_size) {
+      return GetRangesToFile(key, local_path, size, response.Header("etag"));
+    }
+  }
   std::unique_ptr<AtomicFileWriter> file;
   Request request;
   request.method = "GET";

@@ -42,6 +42,11 @@ struct S3Config {
   // kS3MinPartBytes unless allow_small_parts (tests only).
   int64_t part_size = int64_t{16} << 20;
   bool allow_small_parts = false;
+  // Parts of a multipart upload in flight at once, each on its own
+  // connection (so at most this many part buffers in memory), and ranges of
+  // one part_size fetched at once by GetToFile for objects larger than a
+  // part. 1: one at a time.
+  int parallel_parts = 4;
   // Attempts per request (1 = no retry) on 5xx, 429, timeouts, resets and
   // refused connections; waits grow from initial_backoff, doubling, capped
   // at max_backoff, with jitter.
@@ -77,7 +82,12 @@ S3Counters GetS3Counters();
 //
 // Writes become visible only when complete: small objects go up in one PUT,
 // larger ones as a multipart upload that is completed on Commit and aborted
-// on failure. Each request is retried with backoff on transient failures.
+// on failure. Up to S3Config::parallel_parts parts are in flight at once, so
+// with more than one a failed part may show only in a later Append or in
+// Commit; the upload is aborted once the parts in flight finish. GetToFile
+// fetches objects larger than a part as parallel ranges into a temporary file
+// renamed onto the target when complete. Each request is retried with
+// backoff on transient failures.
 // If the server refuses to abort an upload (S3-compatible servers may), the
 // failure is logged; the parts stay invisible until a bucket lifecycle rule
 // removes them.
@@ -128,6 +138,12 @@ class S3ObjectStore : public ObjectStore {
       absl::string_view prefix) const override;
   absl::Status DoDelete(absl::string_view key) override;
 
+  // GetToFile of an object of `size` bytes (> part_size) as parallel
+  // ranged GETs written at their offsets; `etag` ("" if unknown) must still
+  // match.
+  absl::Status GetRangesToFile(absl::string_view key,
+                               const std::string& local_path, int64_t size,
+                               const std::string& etag) const;
   absl::StatusOr<Response> SendOnce(Request& request, bool& retryable) const;
 
   std::string bucket_;

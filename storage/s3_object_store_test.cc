@@ -16,6 +16,7 @@
 #include <atomic>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -99,6 +100,12 @@ class FaultProxy {
     drop_ = drop;
     faults_ = n;
   }
+  // The first later connection whose request head contains `needle` gets
+  // 503 (once); the others pass.
+  void FailOnceMatching(std::string needle) {
+    std::lock_guard<std::mutex> lock(mu_);
+    needle_ = std::move(needle);
+  }
   int faults_served() const { return served_; }
 
  private:
@@ -129,13 +136,57 @@ class FaultProxy {
         continue;
       }
       faults_ = 0;
-      connections_.emplace_back([this, fd] { Pipe(fd); });
+      std::string needle;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        needle = needle_;
+      }
+      std::string head;
+      if (!needle.empty()) {
+        head = ReadHead(fd);
+        if (head.find(needle) != std::string::npos) {
+          {
+            std::lock_guard<std::mutex> lock(mu_);
+            needle_.clear();
+          }
+          ++served_;
+          Refuse(fd);
+          ::close(fd);
+          continue;
+        }
+      }
+      connections_.emplace_back(
+          [this, fd, head = std::move(head)] { Pipe(fd, head); });
     }
   }
 
-  void Pipe(int client) {
+  // Reads until the end of the request head (some body may follow it).
+  static std::string ReadHead(int fd) {
+    std::string head;
+    char buf[4096];
+    while (head.find("\r\n\r\n") == std::string::npos) {
+      ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      if (n <= 0) break;
+      head.append(buf, n);
+    }
+    return head;
+  }
+
+  static void Refuse(int fd) {
+    const std::string answer =
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+        "Connection: close\r\n\r\n";
+    (void)!::send(fd, answer.data(), answer.size(), MSG_NOSIGNAL);
+  }
+
+  // Forwards `first` (bytes already read from the client), then both ways.
+  void Pipe(int client, const std::string& first) {
     int server = ConnectLoopback(upstream_);
-    if (server < 0) {
+    if (server < 0 ||
+        (!first.empty() &&
+         ::send(server, first.data(), first.size(), MSG_NOSIGNAL) !=
+             static_cast<ssize_t>(first.size()))) {
+      if (server >= 0) ::close(server);
       ::close(client);
       return;
     }
@@ -175,6 +226,8 @@ class FaultProxy {
   std::atomic<bool> drop_{false};
   std::atomic<int> faults_{0};
   std::atomic<int> served_{0};
+  std::mutex mu_;
+  std::string needle_;
   std::thread accept_thread_;
   std::vector<std::thread> connections_;
 };
@@ -466,10 +519,71 @@ TEST_F(S3StoreTest, RetriesThroughFaultsThenSucceeds) {
   EXPECT_EQ(*store->Get("parts.bin"), data);
 }
 
+TEST_F(S3StoreTest, ParallelPartsRoundTripWithAFailedPartRetried) {
+  FaultProxy proxy(port_);
+  S3Config config = Config(proxy.port());
+  config.reuse_connections = false;
+  config.parallel_parts = 4;
+  auto store = Open(kBucket, "par/", config);
+  const std::string data = PatternBytes(9 * kPart + 321, 5);
+  const S3Counters before = GetS3Counters();
+  // Part 5 of 10 fails once (503) and is retried while others are in flight.
+  proxy.FailOnceMatching("partNumber=5&");
+  auto writer = store->NewWriter("par.bin");
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  for (size_t off = 0; off < data.size();) {
+    size_t n = std::min<size_t>(data.size() - off, 50000 + off % 11);
+    ASSERT_TRUE((*writer)->Append(data.substr(off, n)).ok());
+    off += n;
+  }
+  absl::Status commit = (*writer)->Commit();
+  ASSERT_TRUE(commit.ok()) << commit;
+  EXPECT_EQ(proxy.faults_served(), 1);
+  EXPECT_GE(GetS3Counters().retries - before.retries, 1);
+  EXPECT_EQ(*store->Get("par.bin"), data);
+  // PutFile too, and GetToFile as parallel ranges (10 of kPart).
+  WriteLocalFile(temp_.Sub("par-local.bin"), data);
+  ASSERT_TRUE(store->PutFile("file.bin", temp_.Sub("par-local.bin")).ok());
+  proxy.FailOnceMatching("bytes=327680-393215");  // the 6th range, once
+  absl::Status got = store->GetToFile("file.bin", temp_.Sub("par-back.bin"));
+  ASSERT_TRUE(got.ok()) << got;
+  EXPECT_EQ(proxy.faults_served(), 2);
+  EXPECT_EQ(ReadLocalFile(temp_.Sub("par-back.bin")), data);
+  // No temporary files are left beside it.
+  int files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(temp_.Sub(""))) {
+    files += entry.path().filename().string().rfind(".lpd-tmp.", 0) == 0;
+  }
+  EXPECT_EQ(files, 0);
+}
+
+TEST_F(S3StoreTest, ParallelUploadFailureAbortsAfterPartsInFlight) {
+  FaultProxy proxy(port_);
+  S3Config config = Config(proxy.port());
+  config.reuse_connections = false;
+  config.parallel_parts = 4;
+  auto store = Open(kBucket, "", config);
+  auto writer = store->NewWriter("failed.bin");
+  ASSERT_TRUE((*writer)->Append(PatternBytes(kPart + 1)).ok());
+  proxy.Fail(1000, /*drop=*/false);
+  // With parts in flight the failure shows in Append or at the latest in
+  // Commit; either way the writer keeps it.
+  absl::Status status = (*writer)->Append(PatternBytes(6 * kPart));
+  if (status.ok()) status = (*writer)->Commit();
+  EXPECT_TRUE(IsError(status, absl::StatusCode::kUnavailable,
+                      {"failed.bin", "503", "after 3 attempts"}));
+  EXPECT_EQ((*writer)->Commit(), status);
+  proxy.Fail(0, false);
+  EXPECT_FALSE(*store->Exists("failed.bin"));
+  EXPECT_TRUE(store->List("")->empty());
+}
+
 TEST_F(S3StoreTest, ExhaustedRetriesAbortAndLeaveNothing) {
   FaultProxy proxy(port_);
   S3Config config = Config(proxy.port());
   config.reuse_connections = false;
+  // One part at a time: the failing Append itself reports the error.
+  config.parallel_parts = 1;
   auto store = Open(kBucket, "", config);
   auto writer = store->NewWriter("failed.bin");
   ASSERT_TRUE((*writer)->Append(PatternBytes(2 * kPart + 1)).ok());
@@ -501,6 +615,10 @@ TEST(S3ObjectStoreCreateTest, RejectsBadConfig) {
   EXPECT_TRUE(IsError(S3ObjectStore::Create("b", "", config).status(),
                       absl::StatusCode::kInvalidArgument, {"part size"}));
   config.part_size = kS3MinPartBytes;
+  config.parallel_parts = 0;
+  EXPECT_TRUE(IsError(S3ObjectStore::Create("b", "", config).status(),
+                      absl::StatusCode::kInvalidArgument, {"parallel_parts"}));
+  config.parallel_parts = 4;
   config.credentials = {};
   EXPECT_TRUE(IsError(S3ObjectStore::Create("b", "", config).status(),
                       absl::StatusCode::kInvalidArgument,

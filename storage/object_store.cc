@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <mutex>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -317,8 +318,35 @@ absl::StatusOr<StorageUri> ParseStorageUri(absl::string_view uri) {
                     "s3://bucket/prefix/");
 }
 
+namespace {
+
+std::mutex g_default_s3_mu;
+S3Config* g_default_s3 = nullptr;  // guarded by g_default_s3_mu
+
+}  // namespace
+
+void SetDefaultS3Config(const S3Config& config) {
+  std::lock_guard<std::mutex> lock(g_default_s3_mu);
+  delete g_default_s3;
+  g_default_s3 = new S3Config(config);
+}
+
 absl::StatusOr<std::unique_ptr<ObjectStore>> OpenObjectStore(
     absl::string_view uri) {
+  S3Config config;
+  {
+    std::lock_guard<std::mutex> lock(g_default_s3_mu);
+    if (g_default_s3 != nullptr) {
+      config = *g_default_s3;
+    } else {
+      config = S3Config::FromEnvironment();
+    }
+  }
+  return OpenObjectStore(uri, config);
+}
+
+absl::StatusOr<std::unique_ptr<ObjectStore>> OpenObjectStore(
+    absl::string_view uri, const S3Config& s3_config) {
   ASSIGN_OR_RETURN(StorageUri parsed, ParseStorageUri(uri));
   // The one place that maps a scheme to its back end.
   switch (parsed.scheme) {
@@ -328,9 +356,9 @@ absl::StatusOr<std::unique_ptr<ObjectStore>> OpenObjectStore(
       return std::unique_ptr<ObjectStore>(std::move(store));
     }
     case StorageUri::Scheme::kS3: {
-      ASSIGN_OR_RETURN(std::unique_ptr<S3ObjectStore> store,
-                       S3ObjectStore::Create(parsed.location, parsed.prefix,
-                                             S3Config::FromEnvironment()));
+      ASSIGN_OR_RETURN(
+          std::unique_ptr<S3ObjectStore> store,
+          S3ObjectStore::Create(parsed.location, parsed.prefix, s3_config));
       return std::unique_ptr<ObjectStore>(std::move(store));
     }
   }

@@ -24,6 +24,8 @@
 
 namespace lpd::storage {
 
+struct S3Config;  // storage/s3_object_store.h
+
 // Longest key accepted, in bytes (S3's limit).
 inline constexpr size_t kMaxKeyBytes = 1024;
 // Longest key segment (between slashes), in bytes (a file name's limit).
@@ -184,10 +186,19 @@ absl::StatusOr<StorageUri> ParseStorageUri(absl::string_view uri);
 
 // Opens the store rooted at `uri`: for file:// a LocalObjectStore on that
 // folder (which need not exist yet; the first write creates it); for s3://
-// an S3ObjectStore configured from the AWS_* environment variables
-// (S3Config::FromEnvironment; InvalidArgument without credentials).
+// an S3ObjectStore configured by SetDefaultS3Config, else from the AWS_*
+// environment variables (S3Config::FromEnvironment; InvalidArgument without
+// credentials).
 absl::StatusOr<std::unique_ptr<ObjectStore>> OpenObjectStore(
     absl::string_view uri);
+// The same with an explicit S3 configuration for s3:// URIs.
+absl::StatusOr<std::unique_ptr<ObjectStore>> OpenObjectStore(
+    absl::string_view uri, const S3Config& s3_config);
+
+// Sets the S3 configuration that OpenObjectStore(uri) (and so
+// OpenStoreLocation) uses from now on instead of S3Config::FromEnvironment(),
+// e.g. once at startup from command-line flags. Thread-safe.
+void SetDefaultS3Config(const S3Config& config);
 
 // A place inside a store: the store and the key prefix ("" or ending in
 // '/') of the place.

@@ -578,7 +578,10 @@ absl::StatusOr<S3ObjectStore::Response> S3ObjectStore::SendOnce(
              s3_code == "SignatureDoesNotMatch" || s3_code == "ExpiredToken" ||
              s3_code == "InvalidToken" || http_status == 401 ||
              http_status == 403) {
-    status_code = absl::StatusCode::kPermissionDenied;
+    return absl::PermissionDeniedError(
+        absl::StrCat(op, ": ", detail, " (access key id ",
+                     Quote(config_.credentials.access_key_id), ", bucket ",
+                     Quote(bucket_), ")"));
   } else if (http_status == 416 || s3_code == "InvalidRange") {
     status_code = absl::StatusCode::kOutOfRange;
   } else if (retryable) {

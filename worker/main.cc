@@ -21,6 +21,8 @@
 #include "engine/synthetic_dataset.h"
 #include "engine/unet.h"
 #include "engine/unet_config.h"
+#include "storage/object_store.h"
+#include "storage/s3_flags.h"
 
 namespace {
 
@@ -55,13 +57,21 @@ const std::vector<lpd::FlagSpec> kSynthDatasetFlags = {
     {"seed", false, false, "random seed (default 0)"},
 };
 
-const std::vector<lpd::FlagSpec> kRunFlags = {
-    {"device", false, false,
-     "cpu or cuda[:N] (default: the spec's device; auto: a GPU if any)"},
-    {"threads", false, false, "CPU threads (default: all cores)"},
-    {"log-every", false, false,
-     "distillation progress every N steps (default: ~20 lines per run)"},
-};
+// The run flags, then the --s3-* flags (storage/s3_flags.h) for s3:// URIs
+// in the job (they override the AWS_* variables).
+const std::vector<lpd::FlagSpec> kRunFlags = [] {
+  std::vector<lpd::FlagSpec> flags = {
+      {"device", false, false,
+       "cpu or cuda[:N] (default: the spec's device; auto: a GPU if any)"},
+      {"threads", false, false, "CPU threads (default: all cores)"},
+      {"log-every", false, false,
+       "distillation progress every N steps (default: ~20 lines per run)"},
+  };
+  for (const lpd::FlagSpec& spec : lpd::storage::S3FlagSpecs()) {
+    flags.push_back(spec);
+  }
+  return flags;
+}();
 
 void PrintUsage() {
   std::fprintf(stderr,
@@ -72,7 +82,11 @@ void PrintUsage() {
                "[--latent-size S] [--seq-len L] [--shard-size M] [--seed K]\n"
                "%s\n"
                "lpd-worker run JOB.yaml [--device D] [--threads N] "
-               "[--log-every N]\n%s",
+               "[--log-every N] [--s3-endpoint URL] [--s3-region R] "
+               "[--s3-addressing path|virtual] [--s3-access-key-id ID] "
+               "[--s3-secret-access-key KEY] [--s3-session-token T]\n"
+               "  (--s3-* flags override the AWS_* environment variables "
+               "for s3:// URIs)\n%s",
                lpd::CliArgs::Usage(kForwardFlags).c_str(),
                lpd::CliArgs::Usage(kUnitsFlags).c_str(),
                lpd::CliArgs::Usage(kSynthDatasetFlags).c_str(),
@@ -235,6 +249,10 @@ int RunJobCommand(const std::vector<std::string>& args) {
     return Fail(
         absl::InvalidArgumentError("--threads and --log-every must be >= 0"));
   }
+  // s3:// stores opened by the job use the flags over the environment.
+  auto s3_config = lpd::storage::S3ConfigFromFlags(*flags);
+  if (!s3_config.ok()) return Fail(s3_config.status());
+  lpd::storage::SetDefaultS3Config(*s3_config);
   // A spec that cannot be read or is invalid is the caller's mistake: 2.
   auto job = lpd::client::LoadJobSpecFile(spec_path);
   if (!job.ok()) {

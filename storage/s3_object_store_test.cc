@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "storage/manifest.h"
 #include "storage/test_util.h"
 
 namespace lpd::storage {
@@ -96,9 +97,11 @@ class FaultProxy {
     ::close(listen_fd_);
   }
   int port() const { return port_; }
-  // The next `n` connections get 503 (or, with `drop`, are closed unread).
-  void Fail(int n, bool drop) {
+  // The next `n` connections get `status` (503 by default; or, with
+  // `drop`, are closed unread).
+  void Fail(int n, bool drop, int status = 503) {
     drop_ = drop;
+    status_ = status;
     faults_ = n;
   }
   // The first later connection whose request head contains `needle` gets
@@ -141,8 +144,9 @@ class FaultProxy {
             head.append(buf, n);
           }
           const std::string answer =
-              "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-              "Connection: close\r\n\r\n";
+              absl::StrCat("HTTP/1.1 ", status_.load(),
+                           " Server Error\r\nContent-Length: 0\r\nConnection: "
+                           "close\r\n\r\n");
           (void)!::send(fd, answer.data(), answer.size(), MSG_NOSIGNAL);
         }
         ::close(fd);
@@ -287,6 +291,7 @@ class FaultProxy {
   int port_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<bool> drop_{false};
+  std::atomic<int> status_{503};
   std::atomic<int> faults_{0};
   std::atomic<int> served_{0};
   std::mutex mu_;
@@ -532,6 +537,24 @@ TEST_F(S3StoreTest, ListsWithPrefixesAndContinuation) {
   EXPECT_EQ((*store->List("a/b/"))[0].size, 5);
 }
 
+TEST_F(S3StoreTest, ManifestCatchesACorruptedObject) {
+  auto store = Open(kBucket, "", Config(port_));
+  Manifest manifest;
+  ASSERT_TRUE(
+      PutWithManifest(*store, "final", "model.bin", "the weights", manifest)
+          .ok());
+  ASSERT_TRUE(WriteManifest(*store, "final", manifest).ok());
+  auto read = ReadManifest(*store, "final");
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(*VerifiedGet(*store, "final", *read, "model.bin"), "the weights");
+  // The same size, one byte flipped: still caught.
+  ASSERT_TRUE(store->Put("final/model.bin", "the weighTs").ok());
+  auto corrupted = VerifiedGet(*store, "final", *read, "model.bin");
+  EXPECT_EQ(corrupted.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(absl::StrContains(corrupted.status().message(), "model.bin"))
+      << corrupted.status();
+}
+
 TEST_F(S3StoreTest, RangedReads) {
   auto store = Open(kBucket, "");
   const std::string data = PatternBytes(1000);
@@ -593,12 +616,16 @@ TEST_F(S3StoreTest, RetriesThroughFaultsThenSucceeds) {
   proxy.Fail(3, /*drop=*/false);
   ASSERT_TRUE(store->Put("a", "retried").ok());
   EXPECT_EQ(proxy.faults_served(), 3);
+  proxy.Fail(2, /*drop=*/false, /*status=*/500);
+  ASSERT_TRUE(store->Put("b", "after 500s").ok());
+  EXPECT_EQ(proxy.faults_served(), 5);
+  EXPECT_EQ(*store->Get("b"), "after 500s");
   proxy.Fail(3, /*drop=*/true);
   EXPECT_EQ(*store->Get("a"), "retried");
-  EXPECT_EQ(proxy.faults_served(), 6);
+  EXPECT_EQ(proxy.faults_served(), 8);
   const S3Counters after = GetS3Counters();
-  EXPECT_GE(after.retries - before.retries, 6);
-  EXPECT_GE(after.errors - before.errors, 6);
+  EXPECT_GE(after.retries - before.retries, 8);
+  EXPECT_GE(after.errors - before.errors, 8);
 
   // A multipart upload whose parts meet faults: each part is retried.
   const std::string data = PatternBytes(4 * kPart + 1);

@@ -6,17 +6,21 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <string>
 #include <system_error>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "engine/data_parallel.h"
 #include "engine/tensor_io.h"
 #include "engine/torch_errors.h"
 #include "nlohmann/json.hpp"
@@ -198,77 +202,124 @@ DistillLossValues LossValues(const DistillLoss& loss) {
   return values;
 }
 
+namespace {
+
+// The loss's parts before they are combined: per distilled feature the
+// student's ‖F_S − F_T‖² (normalized) or mean squared error, and the
+// teacher's ‖F_T‖² (normalized only, a constant), so that data-parallel ranks
+// can combine them over the global batch.
+struct LossParts {
+  torch::Tensor task, output_kd;
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> values;
+  std::vector<torch::Tensor> denominators;
+};
+
+absl::StatusOr<LossParts> ComputeLossParts(const torch::Tensor& student_output,
+                                           const torch::Tensor& teacher_output,
+                                           const torch::Tensor& target,
+                                           const BlockOutputs& student_features,
+                                           const BlockOutputs& teacher_features,
+                                           const DistillLossOptions& options) {
+  if (!student_output.defined() || !teacher_output.defined()) {
+    return absl::InvalidArgumentError(
+        "distillation loss: undefined student or teacher output");
+  }
+  if (student_output.sizes() != teacher_output.sizes()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("distillation loss: student output ",
+                     ShapeString(student_output.sizes()), " vs teacher output ",
+                     ShapeString(teacher_output.sizes())));
+  }
+  const torch::Tensor s_out = student_output.to(torch::kFloat32);
+  const torch::Tensor t_out = teacher_output.detach().to(torch::kFloat32);
+  LossParts parts;
+  if (target.defined()) {
+    if (target.sizes() != student_output.sizes()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "distillation loss: target ", ShapeString(target.sizes()),
+          " vs output ", ShapeString(student_output.sizes())));
+    }
+    parts.task = torch::mse_loss(s_out, target.detach().to(torch::kFloat32));
+  } else if (options.task_weight != 0) {
+    return absl::InvalidArgumentError(
+        "distillation loss: no target but task_weight != 0");
+  } else {
+    parts.task = torch::zeros({}, s_out.options());
+  }
+  parts.output_kd = torch::mse_loss(s_out, t_out);
+
+  for (const auto& [name, teacher_feature] : teacher_features) {
+    if (!IsDistilledFeature(name)) continue;
+    auto found = student_features.find(name);
+    if (found == student_features.end() || !found->second.defined()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("distillation loss: the student has no feature ", name));
+    }
+    if (found->second.sizes() != teacher_feature.sizes()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("distillation loss: feature ", name, ": student ",
+                       ShapeString(found->second.sizes()), " vs teacher ",
+                       ShapeString(teacher_feature.sizes())));
+    }
+    const torch::Tensor f_s = found->second.to(torch::kFloat32);
+    const torch::Tensor f_t = teacher_feature.detach().to(torch::kFloat32);
+    parts.names.push_back(name);
+    if (options.normalize_features) {
+      parts.values.push_back((f_s - f_t).square().sum());
+      parts.denominators.push_back(f_t.square().sum());
+    } else {
+      parts.values.push_back(torch::mse_loss(f_s, f_t));
+    }
+  }
+  return parts;
+}
+
+}  // namespace
+
 absl::StatusOr<DistillLoss> ComputeDistillLoss(
     const torch::Tensor& student_output, const torch::Tensor& teacher_output,
     const torch::Tensor& target, const BlockOutputs& student_features,
     const BlockOutputs& teacher_features, const DistillLossOptions& options) {
   return GuardTorch(
       "computing the distillation loss", [&]() -> absl::StatusOr<DistillLoss> {
-        if (!student_output.defined() || !teacher_output.defined()) {
-          return absl::InvalidArgumentError(
-              "distillation loss: undefined student or teacher output");
-        }
-        if (student_output.sizes() != teacher_output.sizes()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "distillation loss: student output ",
-              ShapeString(student_output.sizes()), " vs teacher output ",
-              ShapeString(teacher_output.sizes())));
-        }
-        const torch::Tensor s_out = student_output.to(torch::kFloat32);
-        const torch::Tensor t_out = teacher_output.detach().to(torch::kFloat32);
+        ASSIGN_OR_RETURN(
+            LossParts parts,
+            ComputeLossParts(student_output, teacher_output, target,
+                             student_features, teacher_features, options));
         DistillLoss loss;
-        if (target.defined()) {
-          if (target.sizes() != student_output.sizes()) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "distillation loss: target ", ShapeString(target.sizes()),
-                " vs output ", ShapeString(student_output.sizes())));
-          }
-          loss.task =
-              torch::mse_loss(s_out, target.detach().to(torch::kFloat32));
-        } else if (options.task_weight != 0) {
-          return absl::InvalidArgumentError(
-              "distillation loss: no target but task_weight != 0");
-        } else {
-          loss.task = torch::zeros({}, s_out.options());
-        }
-        loss.output_kd = torch::mse_loss(s_out, t_out);
-
+        loss.task = parts.task;
+        loss.output_kd = parts.output_kd;
         std::vector<torch::Tensor> terms;
-        for (const auto& [name, teacher_feature] : teacher_features) {
-          if (!IsDistilledFeature(name)) continue;
-          auto found = student_features.find(name);
-          if (found == student_features.end() || !found->second.defined()) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "distillation loss: the student has no feature ", name));
-          }
-          if (found->second.sizes() != teacher_feature.sizes()) {
-            return absl::InvalidArgumentError(
-                absl::StrCat("distillation loss: feature ", name, ": student ",
-                             ShapeString(found->second.sizes()), " vs teacher ",
-                             ShapeString(teacher_feature.sizes())));
-          }
-          const torch::Tensor f_s = found->second.to(torch::kFloat32);
-          const torch::Tensor f_t =
-              teacher_feature.detach().to(torch::kFloat32);
-          torch::Tensor term;
+        for (size_t i = 0; i < parts.names.size(); ++i) {
+          torch::Tensor term = parts.values[i];
           if (options.normalize_features) {
             // ‖F_T‖² is a constant; the clamp only guards an all-zero map.
-            const torch::Tensor denominator =
-                f_t.square().sum().clamp_min(1e-30);
-            term = (f_s - f_t).square().sum() / denominator;
-          } else {
-            term = torch::mse_loss(f_s, f_t);
+            term = term / parts.denominators[i].clamp_min(1e-30);
           }
-          loss.feature_terms[name] = term;
+          loss.feature_terms[parts.names[i]] = term;
           terms.push_back(term);
         }
-        loss.feature_kd = terms.empty() ? torch::zeros({}, s_out.options())
-                                        : torch::stack(terms).sum();
+        loss.feature_kd = terms.empty()
+                              ? torch::zeros({}, loss.output_kd.options())
+                              : torch::stack(terms).sum();
         loss.total = options.task_weight * loss.task +
                      options.output_kd_weight * loss.output_kd +
                      options.feature_kd_weight * loss.feature_kd;
         return loss;
       });
+}
+
+absl::Status CheckDataParallelBatch(int64_t batch_size, int world_size) {
+  if (world_size < 1 || batch_size < 1 || batch_size % world_size != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "distillation: the global batch size (spec.distill.batch_size) ",
+        batch_size,
+        " must be a positive multiple of the number of "
+        "data-parallel ranks, ",
+        world_size));
+  }
+  return absl::OkStatus();
 }
 
 uint64_t BatchSeed(uint64_t seed, int64_t step) {
@@ -351,8 +402,25 @@ absl::StatusOr<std::unique_ptr<DistillTrainer>> DistillTrainer::Create(
                            .betas(std::make_tuple(options.beta1, options.beta2))
                            .eps(options.eps)
                            .weight_decay(options.weight_decay));
+        // Every rank starts from rank 0's student.
+        RETURN_IF_ERROR(trainer->SyncReplicas(/*check_teacher=*/true));
+        if (trainer->distributed() &&
+            options.data_parallel->options().overlap_backward) {
+          std::vector<torch::Tensor> params;
+          for (const auto& [name, param] : trainer->params_) {
+            params.push_back(param);
+          }
+          ASSIGN_OR_RETURN(trainer->reducer_,
+                           GradientReducer::Create(*options.data_parallel,
+                                                   std::move(params)));
+        }
         return trainer;
       });
+}
+
+bool DistillTrainer::distributed() const {
+  return options_.data_parallel != nullptr &&
+         options_.data_parallel->world_size() > 1;
 }
 
 double DistillTrainer::LearningRateAt(int64_t step) const {
@@ -388,36 +456,234 @@ DistillTrainer::OptimizedTensors() const {
   return result;
 }
 
+struct DistillTrainer::Forward {
+  torch::Tensor student_out, teacher_out, target;
+  BlockOutputs student_features, teacher_features;
+};
+
+absl::StatusOr<DistillTrainer::Forward> DistillTrainer::RunForward(
+    const TrainingBatch& batch) {
+  return GuardTorch("distillation forward", [&]() -> absl::StatusOr<Forward> {
+    RETURN_IF_ERROR(student_->ValidateInputs(batch.noised));
+    Forward f;
+    {
+      torch::NoGradGuard no_grad;
+      f.teacher_out = teacher_->forward(ToModel(batch.noised, teacher_dtype_),
+                                        {}, &f.teacher_features);
+    }
+    f.student_out = student_->forward(ToModel(batch.noised, student_dtype_), {},
+                                      &f.student_features);
+    f.target = batch.target.defined() ? batch.target.to(options_.device)
+                                      : batch.target;
+    return f;
+  });
+}
+
 absl::StatusOr<DistillLoss> DistillTrainer::ComputeLoss(
     const TrainingBatch& batch) {
+  ASSIGN_OR_RETURN(Forward f, RunForward(batch));
+  return ComputeDistillLoss(f.student_out, f.teacher_out, f.target,
+                            f.student_features, f.teacher_features,
+                            options_.loss);
+}
+
+absl::StatusOr<TrainingBatch> DistillTrainer::LocalSlice(
+    const TrainingBatch& batch) const {
+  const int world = options_.data_parallel->world_size();
+  const int rank = options_.data_parallel->rank();
+  if (!batch.noised.sample.defined() || batch.noised.sample.dim() == 0) {
+    return absl::InvalidArgumentError("distillation: batch without a sample");
+  }
+  const int64_t rows = batch.noised.sample.size(0);
+  RETURN_IF_ERROR(CheckDataParallelBatch(rows, world));
+  const int64_t n = rows / world;
+  // Per-sample tensors are sliced (views, no copies); anything else (a
+  // scalar timestep, say) is shared.
+  auto slice = [&](const torch::Tensor& t) {
+    if (!t.defined() || t.dim() == 0 || t.size(0) != rows) return t;
+    return t.narrow(0, rank * n, n);
+  };
+  TrainingBatch local;
+  local.noised.sample = slice(batch.noised.sample);
+  local.noised.timestep = slice(batch.noised.timestep);
+  local.noised.encoder_hidden_states =
+      slice(batch.noised.encoder_hidden_states);
+  local.noised.text_embeds = slice(batch.noised.text_embeds);
+  local.noised.time_ids = slice(batch.noised.time_ids);
+  local.target = slice(batch.target);
+  return local;
+}
+
+absl::StatusOr<std::pair<torch::Tensor, DistillLossValues>>
+DistillTrainer::DistributedLoss(const TrainingBatch& batch) {
+  ASSIGN_OR_RETURN(TrainingBatch local, LocalSlice(batch));
+  ASSIGN_OR_RETURN(Forward f, RunForward(local));
+  using Result = std::pair<torch::Tensor, DistillLossValues>;
   return GuardTorch(
-      "distillation forward", [&]() -> absl::StatusOr<DistillLoss> {
-        RETURN_IF_ERROR(student_->ValidateInputs(batch.noised));
-        BlockOutputs teacher_features, student_features;
-        torch::Tensor teacher_out;
-        {
-          torch::NoGradGuard no_grad;
-          teacher_out = teacher_->forward(ToModel(batch.noised, teacher_dtype_),
-                                          {}, &teacher_features);
+      "data-parallel distillation loss", [&]() -> absl::StatusOr<Result> {
+        ASSIGN_OR_RETURN(LossParts parts,
+                         ComputeLossParts(f.student_out, f.teacher_out,
+                                          f.target, f.student_features,
+                                          f.teacher_features, options_.loss));
+        const DistillLossOptions& o = options_.loss;
+        const size_t n = parts.names.size();
+        const double world = options_.data_parallel->world_size();
+        // One all-reduce of the slices' sums: the mean-type terms (mean over
+        // the global batch = the mean of the equal slices' means), the
+        // normalized terms' numerators and ‖F_T‖².
+        std::vector<torch::Tensor> list = {parts.task.detach(),
+                                           parts.output_kd.detach()};
+        for (const auto& v : parts.values) list.push_back(v.detach());
+        for (const auto& d : parts.denominators) list.push_back(d.detach());
+        std::vector<torch::Tensor> stats = {
+            torch::stack(list).to(torch::kFloat64)};
+        RETURN_IF_ERROR(options_.data_parallel->AllReduceSum(stats));
+        const torch::Tensor host = stats[0].to(torch::kCPU);
+        auto sum = host.accessor<double, 1>();
+
+        DistillLossValues values;
+        values.task = sum[0] / world;
+        values.output_kd = sum[1] / world;
+        // The slice's share of the loss: the mean over ranks of its gradient
+        // is the gradient of the global loss.
+        torch::Tensor local_feature;
+        for (size_t i = 0; i < n; ++i) {
+          double global;
+          torch::Tensor share;
+          if (o.normalize_features) {
+            const double denominator = std::max(sum[2 + n + i], 1e-30);
+            global = sum[2 + i] / denominator;
+            share = parts.values[i] * (world / denominator);
+          } else {
+            global = sum[2 + i] / world;
+            share = parts.values[i];
+          }
+          values.feature_terms[parts.names[i]] = global;
+          values.feature_kd += global;
+          local_feature =
+              local_feature.defined() ? local_feature + share : share;
         }
-        torch::Tensor student_out = student_->forward(
-            ToModel(batch.noised, student_dtype_), {}, &student_features);
-        torch::Tensor target = batch.target.defined()
-                                   ? batch.target.to(options_.device)
-                                   : batch.target;
-        return ComputeDistillLoss(student_out, teacher_out, target,
-                                  student_features, teacher_features,
-                                  options_.loss);
+        values.total = o.task_weight * values.task +
+                       o.output_kd_weight * values.output_kd +
+                       o.feature_kd_weight * values.feature_kd;
+        torch::Tensor local =
+            o.task_weight * parts.task + o.output_kd_weight * parts.output_kd;
+        if (local_feature.defined()) {
+          local = local + o.feature_kd_weight * local_feature;
+        }
+        return Result(local, values);
       });
+}
+
+absl::Status DistillTrainer::SyncReplicas(bool check_teacher) {
+  if (!distributed()) return absl::OkStatus();
+  DataParallelGroup& group = *options_.data_parallel;
+  std::vector<torch::Tensor> tensors;
+  std::vector<torch::Tensor> stats(1);
+  RETURN_IF_ERROR(GuardTorch("checking the replicas", [&]() -> absl::Status {
+    torch::NoGradGuard no_grad;
+    auto& states = optimizer_->state();
+    double with_state = 0, state_steps = 0;
+    for (const auto& [name, tensor] : OptimizedTensors()) {
+      tensors.push_back(tensor);
+      auto found = states.find(StateKey(tensor));
+      if (found == states.end()) continue;
+      auto& s = static_cast<torch::optim::AdamWParamState&>(*found->second);
+      tensors.push_back(s.exp_avg());
+      tensors.push_back(s.exp_avg_sq());
+      with_state += 1;
+      state_steps += static_cast<double>(s.step());
+    }
+    double teacher_sum = 0;
+    if (check_teacher) {
+      std::vector<torch::Tensor> sums;
+      for (const auto& p : teacher_->parameters()) {
+        sums.push_back(p.sum(torch::kFloat64));
+      }
+      if (!sums.empty()) {
+        teacher_sum = torch::stack(sums).sum().to(torch::kCPU).item<double>();
+      }
+    }
+    stats[0] =
+        torch::tensor({static_cast<double>(step_), with_state, state_steps,
+                       teacher_sum, static_cast<double>(tensors.size())},
+                      torch::kFloat64)
+            .to(group.device());
+    return absl::OkStatus();
+  }));
+  // Every rank compares its numbers with rank 0's, then all learn whether
+  // any differs (so that all fail together rather than hang).
+  std::vector<torch::Tensor> rank0 = {stats[0].clone()};
+  RETURN_IF_ERROR(group.Broadcast(rank0, 0));
+  std::string mismatch;
+  RETURN_IF_ERROR(GuardTorch("checking the replicas", [&]() -> absl::Status {
+    const torch::Tensor mine = stats[0].to(torch::kCPU);
+    const torch::Tensor theirs = rank0[0].to(torch::kCPU);
+    auto a = mine.accessor<double, 1>();
+    auto b = theirs.accessor<double, 1>();
+    if (a[0] != b[0] || a[1] != b[1] || a[2] != b[2] || a[4] != b[4]) {
+      mismatch =
+          absl::StrCat("step ", a[0], " with AdamW state for ", a[1],
+                       " tensors; rank 0: step ", b[0], ", ", b[1], " tensors");
+    } else if (std::abs(a[3] - b[3]) >
+               1e-6 * std::max({1.0, std::abs(a[3]), std::abs(b[3])})) {
+      mismatch = absl::StrCat("teacher checksum ", a[3], ", rank 0's ", b[3]);
+    }
+    return absl::OkStatus();
+  }));
+  std::vector<torch::Tensor> flag;
+  RETURN_IF_ERROR(GuardTorch("checking the replicas", [&]() -> absl::Status {
+    flag.push_back(torch::full(
+        {1}, mismatch.empty() ? 0.0 : 1.0,
+        torch::TensorOptions().dtype(torch::kFloat32).device(group.device())));
+    return absl::OkStatus();
+  }));
+  RETURN_IF_ERROR(group.AllReduceSum(flag));
+  if (!mismatch.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("data parallel: rank ", group.rank(),
+                     " differs from rank 0: ", mismatch));
+  }
+  double differing = 0;
+  RETURN_IF_ERROR(GuardTorch("checking the replicas", [&]() -> absl::Status {
+    differing = flag[0].to(torch::kCPU).item<double>();
+    return absl::OkStatus();
+  }));
+  if (differing > 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "data parallel: ", differing, " rank(s) differ from rank 0"));
+  }
+  RETURN_IF_ERROR(group.Broadcast(tensors, 0));
+  if (!masters_.empty()) {
+    return GuardTorch("syncing the replicas", [&]() -> absl::Status {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < params_.size(); ++i) {
+        params_[i].second.copy_(masters_[i]);
+      }
+      return absl::OkStatus();
+    });
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<StepReport> DistillTrainer::Step(const TrainingBatch& batch) {
   const auto start = std::chrono::steady_clock::now();
-  ASSIGN_OR_RETURN(DistillLoss loss, ComputeLoss(batch));
+  StepReport report;
+  report.step = step_;
+  torch::Tensor objective;  // what backward() differentiates
+  if (!distributed()) {
+    ASSIGN_OR_RETURN(DistillLoss loss, ComputeLoss(batch));
+    RETURN_IF_ERROR(GuardTorch("distillation step", [&]() -> absl::Status {
+      report.loss = LossValues(loss);
+      return absl::OkStatus();
+    }));
+    objective = loss.total;
+  } else {
+    ASSIGN_OR_RETURN(auto loss, DistributedLoss(batch));
+    objective = loss.first;
+    report.loss = loss.second;
+  }
   return GuardTorch("distillation step", [&]() -> absl::StatusOr<StepReport> {
-    StepReport report;
-    report.step = step_;
-    report.loss = LossValues(loss);
     if (!std::isfinite(report.loss.total)) {
       return absl::InternalError(
           absl::StrCat("distillation: non-finite loss at step ", step_));
@@ -430,7 +696,10 @@ absl::StatusOr<StepReport> DistillTrainer::Step(const TrainingBatch& batch) {
     for (auto& [name, param] : params_) {
       if (param.grad().defined()) param.mutable_grad().zero_();
     }
-    loss.total.backward();
+    if (reducer_) reducer_->Arm();
+    objective.backward();
+    // Data-parallel: every rank continues with the mean gradient.
+    if (reducer_) RETURN_IF_ERROR(reducer_->Finish());
 
     std::vector<torch::Tensor> grads;
     {
@@ -444,6 +713,9 @@ absl::StatusOr<StepReport> DistillTrainer::Step(const TrainingBatch& batch) {
         } else {
           grads.push_back(param.grad());
         }
+      }
+      if (distributed() && !reducer_) {
+        RETURN_IF_ERROR(options_.data_parallel->AllReduceMean(grads));
       }
       // One host synchronization for the global norm, not one per tensor.
       std::vector<torch::Tensor> norms;
@@ -507,6 +779,32 @@ absl::Status DistillTrainer::Train(int64_t end_step, const BatchSource& batches,
 
 absl::Status DistillTrainer::SaveCheckpoint(storage::ObjectStore& store,
                                             absl::string_view prefix) {
+  if (!distributed()) return WriteCheckpoint(store, prefix);
+  DataParallelGroup& group = *options_.data_parallel;
+  const absl::Status written =
+      group.rank() == 0 ? WriteCheckpoint(store, prefix) : absl::OkStatus();
+  // The barrier after the write also tells the others how it went.
+  std::vector<torch::Tensor> flag;
+  RETURN_IF_ERROR(GuardTorch("checkpoint barrier", [&]() -> absl::Status {
+    flag.push_back(torch::full(
+        {1}, written.ok() ? 0.0 : 1.0,
+        torch::TensorOptions().dtype(torch::kFloat32).device(group.device())));
+    return absl::OkStatus();
+  }));
+  RETURN_IF_ERROR(group.AllReduceSum(flag));
+  if (!written.ok()) return written;
+  return GuardTorch("checkpoint barrier", [&]() -> absl::Status {
+    if (flag[0].to(torch::kCPU).item<double>() != 0) {
+      return absl::InternalError(absl::StrCat(
+          "distillation: rank 0 failed to write the checkpoint of step ",
+          step_));
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::Status DistillTrainer::WriteCheckpoint(storage::ObjectStore& store,
+                                             absl::string_view prefix) {
   ASSIGN_OR_RETURN(TempDir temp, TempDir::Make());
   const std::string dir =
       storage::JoinKey({prefix, storage::CheckpointDir(step_)});
@@ -573,6 +871,47 @@ absl::Status DistillTrainer::SaveCheckpoint(storage::ObjectStore& store,
 }
 
 absl::StatusOr<std::optional<int64_t>> DistillTrainer::Resume(
+    const storage::ObjectStore& store, absl::string_view prefix) {
+  if (!distributed()) return ResumeLocal(store, prefix);
+  DataParallelGroup& group = *options_.data_parallel;
+  absl::StatusOr<std::optional<int64_t>> local = ResumeLocal(store, prefix);
+  // Every rank learns whether all read a checkpoint, and the same one.
+  const double failed = local.ok() ? 0 : 1;
+  const double found = local.ok() && local->has_value() ? **local : -1;
+  std::vector<torch::Tensor> stats;
+  RETURN_IF_ERROR(GuardTorch("resuming", [&]() -> absl::Status {
+    stats.push_back(
+        torch::tensor({failed, found, found * found}, torch::kFloat64)
+            .to(group.device()));
+    return absl::OkStatus();
+  }));
+  RETURN_IF_ERROR(group.AllReduceSum(stats));
+  if (!local.ok()) return local.status();
+  double sum_failed = 0, sum = 0, sum_sq = 0;
+  RETURN_IF_ERROR(GuardTorch("resuming", [&]() -> absl::Status {
+    const torch::Tensor host = stats[0].to(torch::kCPU);
+    sum_failed = host[0].item<double>();
+    sum = host[1].item<double>();
+    sum_sq = host[2].item<double>();
+    return absl::OkStatus();
+  }));
+  if (sum_failed > 0) {
+    return absl::AbortedError(absl::StrCat("distillation: ", sum_failed,
+                                           " other rank(s) failed to resume"));
+  }
+  const double world = group.world_size();
+  if (sum != world * found || sum_sq != world * found * found) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "distillation: the ranks found different checkpoints under \"", prefix,
+        "\" (this rank: ",
+        found < 0 ? std::string("none") : absl::StrCat("step ", found),
+        "); every rank must read the same store"));
+  }
+  if (local->has_value()) RETURN_IF_ERROR(SyncReplicas(false));
+  return local;
+}
+
+absl::StatusOr<std::optional<int64_t>> DistillTrainer::ResumeLocal(
     const storage::ObjectStore& store, absl::string_view prefix) {
   ASSIGN_OR_RETURN(std::optional<int64_t> latest,
                    storage::ReadLatestCheckpoint(store, prefix));

@@ -25,6 +25,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -38,6 +39,9 @@ class AdamW;
 }  // namespace torch::optim
 
 namespace lpd::engine {
+
+class DataParallelGroup;
+class GradientReducer;
 
 // Builds the student: a model of the teacher's config without
 // `removed_units`, every parameter copied from the teacher's parameter of
@@ -89,6 +93,11 @@ absl::StatusOr<DistillLoss> ComputeDistillLoss(
     const torch::Tensor& target, const BlockOutputs& student_features,
     const BlockOutputs& teacher_features, const DistillLossOptions& options);
 
+// OK when a global batch of `batch_size` rows splits evenly over
+// `world_size` data-parallel ranks; else InvalidArgument naming
+// spec.distill.batch_size. Callers can check a job before training starts.
+absl::Status CheckDataParallelBatch(int64_t batch_size, int world_size);
+
 // One training batch: the noised inputs (x_t, t, text states ...) and the
 // task target (ε or v, as the model's prediction type says).
 struct TrainingBatch {
@@ -134,6 +143,19 @@ struct DistillTrainerOptions {
   // the seed in checkpoints and batch sources derive theirs from it
   // (BatchSeed).
   uint64_t seed = 0;
+  // Data-parallel training (not owned; must outlive the trainer; nullptr or
+  // a group of one rank: single-process). With W ranks every rank gets the
+  // same global batch of B rows (B % W == 0) and computes the loss on rows
+  // [rank·B/W, (rank+1)·B/W); the gradients are averaged over the ranks
+  // before clipping and AdamW, so every rank keeps identical weights and the
+  // run equals the single-process run on the global batch (to float
+  // rounding). The normalized feature terms use the global ‖F_T‖² (one
+  // small all-reduce per step). Reported losses are the global ones.
+  // Create broadcasts rank 0's student; SaveCheckpoint writes on rank 0
+  // only; Resume reads on every rank and checks they agree. Every rank must
+  // make the same calls (Create, Resume, Step/Train, SaveCheckpoint) with the
+  // same arguments.
+  DataParallelGroup* data_parallel = nullptr;
 };
 
 // What a progress callback receives after each step.
@@ -176,8 +198,9 @@ class DistillTrainer {
   // teacher's forward runs without one). For tests and evaluation.
   absl::StatusOr<DistillLoss> ComputeLoss(const TrainingBatch& batch);
 
-  // One optimizer step on `batch`; advances step() by one. Gradients are
-  // left in the student's parameters.
+  // One optimizer step on `batch` (the global batch when data-parallel:
+  // this rank uses its slice); advances step() by one. Gradients are left in
+  // the student's parameters (averaged over the ranks, clipped).
   absl::StatusOr<StepReport> Step(const TrainingBatch& batch);
 
   // Steps from step() until `end_step` with batches(step), reporting each
@@ -188,7 +211,9 @@ class DistillTrainer {
 
   // Writes the checkpoint of the current step: student weights, AdamW state
   // (opt.<param>.exp_avg / .exp_avg_sq / .step) and trainer.json, then
-  // commits it (manifest, then checkpoints/LATEST).
+  // commits it (manifest, then checkpoints/LATEST). Data-parallel: a
+  // collective; rank 0 writes (the checkpoint does not depend on the number
+  // of ranks), the others wait for it and fail if it failed.
   absl::Status SaveCheckpoint(storage::ObjectStore& store,
                               absl::string_view prefix = "");
 
@@ -196,6 +221,10 @@ class DistillTrainer {
   // objects' SHA-256) and continues from its step. Returns that step, or
   // nullopt (nothing changed) when there is none. FailedPrecondition when it
   // was written for another set of removed units or another precision.
+  // Data-parallel: a collective; every rank reads the store (which must be
+  // the same for all), FailedPrecondition unless all found the same step,
+  // and then rank 0's state is broadcast. The number of ranks may differ
+  // from the run that wrote the checkpoint.
   absl::StatusOr<std::optional<int64_t>> Resume(
       const storage::ObjectStore& store, absl::string_view prefix = "");
 
@@ -208,12 +237,31 @@ class DistillTrainer {
   UNet2DConditionModel teacher() const { return teacher_; }
   const DistillTrainerOptions& options() const { return options_; }
   const std::set<std::string>& removed_units() const { return removed_; }
+  // Whether training runs over more than one rank.
+  bool distributed() const;
 
  private:
   DistillTrainer(UNet2DConditionModel teacher, UNet2DConditionModel student,
                  std::set<std::string> removed,
                  const DistillTrainerOptions& options);
   UNetInputs ToModel(const UNetInputs& inputs, torch::Dtype dtype) const;
+  // The teacher's and student's outputs and features for `batch`.
+  struct Forward;
+  absl::StatusOr<Forward> RunForward(const TrainingBatch& batch);
+  // This rank's rows of the global batch.
+  absl::StatusOr<TrainingBatch> LocalSlice(const TrainingBatch& batch) const;
+  // Data-parallel loss of the local slice: the tensor to differentiate
+  // (whose gradient, averaged over ranks, is the global loss's) and the
+  // global loss values.
+  absl::StatusOr<std::pair<torch::Tensor, DistillLossValues>> DistributedLoss(
+      const TrainingBatch& batch);
+  // Makes every rank hold rank 0's weights and AdamW state, after checking
+  // that all are at the same step and hold the same teacher.
+  absl::Status SyncReplicas(bool check_teacher);
+  absl::Status WriteCheckpoint(storage::ObjectStore& store,
+                               absl::string_view prefix);
+  absl::StatusOr<std::optional<int64_t>> ResumeLocal(
+      const storage::ObjectStore& store, absl::string_view prefix);
   // The tensors the optimizer updates (the master copies, or the student's
   // own parameters), by parameter name.
   std::vector<std::pair<std::string, torch::Tensor>> OptimizedTensors() const;
@@ -228,6 +276,8 @@ class DistillTrainer {
   std::vector<std::pair<std::string, torch::Tensor>> params_;
   std::vector<torch::Tensor> masters_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
+  // Data-parallel with overlap: averages gradients during backward().
+  std::unique_ptr<GradientReducer> reducer_;
   int64_t step_ = 0;
 };
 

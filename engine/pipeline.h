@@ -1,33 +1,39 @@
 // The local pipeline (`lpd-worker run JOB.yaml`): one compression job run on
-// one machine, phase after phase (DESIGN §3.2):
+// one machine, phase after phase (DESIGN §3.2), as the tasks of
+// engine/job_tasks.h and selection/select_phase.h run in sequence (one SCORE
+// shard), so the local run and the service share one code path:
 //
-//   SCORE     scores.json   the units of spec.prune.units scored on
-//                           calibration batches (skipped for handcrafted)
-//   SELECT    plan.json     knapsack over the scores (or the handcrafted rule)
-//   DISTILL   checkpoints/step-N/..., checkpoints/LATEST
+//   SCORE     units.json, scores/shard-0-of-1.json (handcrafted:
+//             handcrafted.json)
+//   SELECT    scores.json, plan.json   knapsack over the scores (or the
+//                                      handcrafted rule)
+//   DISTILL   additivity.json (output_loss), checkpoints/step-N/...,
+//             checkpoints/LATEST, distill.json
 //   EVALUATE  report.json   held-out evaluation (engine/evaluation.h)
 //   EXPORT    final/        the student in the diffusers layout
 //
 // everything written through the storage interface under spec.output.uri.
+// Each task loads the teacher itself (the price of sharing the code path).
 //
 // Determinism. The split of the training set, the calibration batches (x_t,
 // timesteps and noise), the training batches (BatchSampler over the train
 // split; timesteps and noise from BatchSeed(seed, step)) and the held-out
 // batches are functions of spec.seed only. So a re-run of the same job gives
-// the same scores and plan (scores.json is reused when it was made from the
-// same calibration set and units) and resumes distillation from the newest
-// complete checkpoint, continuing exactly as an uninterrupted run would.
+// the same scores and plan (the scores of an earlier run are reused when
+// they were made from the same calibration set and units) and resumes
+// distillation from the newest complete checkpoint, continuing exactly as an
+// uninterrupted run would.
 //
 // plan.json: the knapsack's `removed` ids and predicted loss, with
 // removed_params / achieved_ratio / overshoot recomputed from the units the
-// removal takes out in effect (UNet2DConditionModelImpl::EffectiveRemoval:
-// removing every block of an attention removes its norm and projections
-// too, which the knapsack's unit sizes do not count), so they match the
-// exported student's parameter count exactly.
+// removal takes out in effect (removing every block of an attention removes
+// its norm and projections too, which the knapsack's unit sizes do not
+// count), so they match the exported student's parameter count exactly.
 //
 // Errors: every failure is a status whose message starts with the phase
-// (`SCORE: ...`, `DISTILL: ...`), keeping the code of the cause (loading
-// the model and the data counts as SCORE, the first phase needing them).
+// (`SCORE: ...`, `DISTILL: ...`), keeping the code of the cause (each task
+// loads the model and the data it needs, so their errors name the first
+// phase needing them: SCORE).
 #ifndef LPD_ENGINE_PIPELINE_H_
 #define LPD_ENGINE_PIPELINE_H_
 
@@ -38,17 +44,16 @@
 
 #include "absl/status/statusor.h"
 #include "engine/evaluation.h"
+#include "engine/job_tasks.h"
 #include "lpd/v1/job_spec.pb.h"
 #include "selection/knapsack.h"
+#include "selection/select_phase.h"
 
 namespace lpd::engine {
 
-// Object names under the output location.
-inline constexpr char kScoresObject[] = "scores.json";
-inline constexpr char kPlanObject[] = "plan.json";
-inline constexpr char kAdditivityObject[] = "additivity.json";
-inline constexpr char kReportObject[] = "report.json";
-inline constexpr char kFinalFolder[] = "final";
+// Object names under the output location (the others are job_tasks.h's).
+using selection::kPlanObject;
+using selection::kScoresObject;
 
 struct PipelineOptions {
   // "cpu", "cuda", "cuda:N"; empty: the spec's device ("auto": a GPU when

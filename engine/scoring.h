@@ -30,6 +30,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <set>
 #include <string>
 #include <vector>
@@ -38,6 +39,7 @@
 #include "engine/unet.h"
 #include "nlohmann/json.hpp"
 #include "selection/knapsack.h"
+#include "selection/scores.h"
 
 namespace lpd::engine {
 
@@ -46,54 +48,26 @@ enum class ScoreCriterion { kOutputLoss, kMagnitude, kRandom };
 std::string ScoreCriterionName(ScoreCriterion criterion);
 absl::StatusOr<ScoreCriterion> ParseScoreCriterion(const std::string& name);
 
-// A part of the unit list that one worker scores: unit j (in the order of
-// the list) belongs to shard j % count (round robin, which spreads the
-// expensive early units over the shards). count >= 1, 0 <= index < count.
-struct ScoreShard {
-  int index = 0;
-  int count = 1;
-};
-
-// The ids of `unit_ids` that `shard` owns, in list order. InvalidArgument on
-// a bad shard.
-absl::StatusOr<std::vector<std::string>> ShardUnitIds(
-    const std::vector<std::string>& unit_ids, ScoreShard shard);
+// The torch-free score data (selection/scores.h), under the engine's names.
+using selection::MergeScores;
+using selection::Scores;
+using selection::ScoresFromJson;
+using selection::ScoreShard;
+using selection::ScoresToJson;
+using selection::ShardUnitIds;
+using selection::ToScoredUnits;
+using selection::UnitListFingerprint;
+using selection::UnitScore;
 
 // The units at granularity `kinds` that can be scored: removable and not
 // left out of the model at build time, in forward order.
 std::vector<std::string> ScorableUnitIds(const UNet2DConditionModelImpl& model,
                                          const std::set<UnitKind>& kinds);
 
-struct UnitScore {
-  std::string id;
-  UnitKind kind = UnitKind::kResnet;
-  int64_t params = 0;  // parameters removed with the unit alone
-  double score = 0;
-};
-
-// The result of a scoring run (one shard, or all units), i.e. scores.json.
-struct Scores {
-  std::string criterion;  // ScoreCriterionName
-  // Calibration samples (sum of batch sizes; 0 for magnitude and random).
-  int64_t calibration_samples = 0;
-  // The seed the caller made the calibration set with (output_loss) or the
-  // random criterion's seed; recorded, not interpreted (but by random).
-  uint64_t seed = 0;
-  // CalibrationFingerprint of the calibration set ("" if none was used).
-  std::string calibration_fingerprint;
-  // The whole unit list that was sharded: its size and UnitListFingerprint.
-  int64_t total_units = 0;
-  std::string units_fingerprint;
-  int64_t total_params = 0;  // parameters of the model scored
-  ScoreShard shard;
-  std::vector<UnitScore> units;  // this shard's units, in list order
-};
-
 // A 64-bit FNV-1a hash (16 hex digits) of every input tensor's dtype, shape
 // and bytes, batch by batch. Deterministic across runs and devices.
 absl::StatusOr<std::string> CalibrationFingerprint(
     const std::vector<UNetInputs>& calibration);
-std::string UnitListFingerprint(const std::vector<std::string>& unit_ids);
 
 enum class OutputLossMethod { kCached, kNaive };
 
@@ -104,6 +78,11 @@ struct ScoreOptions {
   OutputLossMethod method = OutputLossMethod::kCached;
   // Cached method: most UNetStates alive at once (0: all units of a batch).
   int max_cached_states = 0;
+  // Called as work is done with (items done, items in all): output_loss
+  // counts one item per unit and calibration batch, magnitude and random
+  // one per unit. A non-OK status stops scoring and is returned. May be
+  // null.
+  std::function<absl::Status(int64_t done, int64_t total)> progress;
 };
 
 // Scores the units of `unit_ids` that options.shard owns.
@@ -120,33 +99,6 @@ absl::StatusOr<Scores> ScoreUnits(UNet2DConditionModelImpl& model,
                                   const std::vector<std::string>& unit_ids,
                                   const std::vector<UNetInputs>& calibration,
                                   const ScoreOptions& options);
-
-// Joins the shards of one run into the result of an unsharded run (the same
-// units in the same order, bit for bit the same scores). InvalidArgument if
-// they disagree on criterion, calibration, seed or unit list, if a shard is
-// missing or repeated, or if the units do not cover the list exactly once.
-absl::StatusOr<Scores> MergeScores(const std::vector<Scores>& shards);
-
-// scores.json: {"criterion", "calibration_samples", "seed",
-// "calibration_fingerprint", "total_units", "units_fingerprint",
-// "total_params", "shard": {"index", "count"},
-// "units": [{"id", "kind", "params", "score"}]}. Doubles read back exactly.
-nlohmann::json ScoresToJson(const Scores& scores);
-// Checks every field (types, ranges, unique ids, known kinds and criterion,
-// finite non-negative scores, params > 0, no unknown fields, shard size
-// consistent with total_units). InvalidArgument naming the field otherwise.
-absl::StatusOr<Scores> ScoresFromJson(const nlohmann::json& json);
-
-// The knapsack's view of the scores (every unit removable).
-inline std::vector<selection::ScoredUnit> ToScoredUnits(const Scores& scores) {
-  std::vector<selection::ScoredUnit> out;
-  out.reserve(scores.units.size());
-  for (const UnitScore& u : scores.units) {
-    out.push_back(
-        {.id = u.id, .params = u.params, .score = u.score, .removable = true});
-  }
-  return out;
-}
 
 // The "handcrafted" criterion: a removal set by rule, not scores.
 struct HandcraftedRemoval {

@@ -4,25 +4,34 @@
 //   synth-dataset  a synthetic training set that fits a model folder
 //   run      a whole compression job (SCORE → SELECT → DISTILL → EVALUATE
 //            → EXPORT) on this machine
+//   serve    the service worker: lease tasks from lpd-scheduler and run
+//            them (worker/worker_loop.h) until SIGTERM
 #include <ATen/Parallel.h>
 
+#include <atomic>
 #include <cstdio>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "client/job_spec.h"
 #include "common/cli_args.h"
+#include "common/termination_signals.h"
 #include "engine/dataset.h"
 #include "engine/forward_runner.h"
+#include "engine/job_tasks.h"
 #include "engine/model_loader.h"
 #include "engine/pipeline.h"
 #include "engine/synthetic_dataset.h"
 #include "engine/unet.h"
 #include "engine/unet_config.h"
+#include "nlohmann/json.hpp"
 #include "storage/object_store.h"
 #include "storage/s3_flags.h"
+#include "worker/worker_loop.h"
 
 namespace {
 
@@ -73,6 +82,23 @@ const std::vector<lpd::FlagSpec> kRunFlags = [] {
   return flags;
 }();
 
+// The serve flags, then the --s3-* flags.
+const std::vector<lpd::FlagSpec> kServeFlags = [] {
+  std::vector<lpd::FlagSpec> flags = {
+      {"scheduler", true, false, "lpd-scheduler's host:port"},
+      {"device", false, false,
+       "cpu or cuda[:N] (default: the spec's device; auto: a GPU if any)"},
+      {"threads", false, false, "CPU threads (default: all cores)"},
+      {"name", false, false, "name shown by the scheduler (default host:pid)"},
+      {"lease-wait-ms", false, false, "long-poll length (default 10000)"},
+      {"max-tasks", false, false, "exit after N tasks (default: never)"},
+  };
+  for (const lpd::FlagSpec& spec : lpd::storage::S3FlagSpecs()) {
+    flags.push_back(spec);
+  }
+  return flags;
+}();
+
 void PrintUsage() {
   std::fprintf(stderr,
                "usage: lpd-worker COMMAND [flags]\n\n"
@@ -86,11 +112,14 @@ void PrintUsage() {
                "[--s3-addressing path|virtual] [--s3-access-key-id ID] "
                "[--s3-secret-access-key KEY] [--s3-session-token T]\n"
                "  (--s3-* flags override the AWS_* environment variables "
-               "for s3:// URIs)\n%s",
+               "for s3:// URIs)\n%s\n"
+               "lpd-worker serve --scheduler HOST:PORT [--device D] "
+               "[--threads N] [--name NAME] [--s3-* ...]\n%s",
                lpd::CliArgs::Usage(kForwardFlags).c_str(),
                lpd::CliArgs::Usage(kUnitsFlags).c_str(),
                lpd::CliArgs::Usage(kSynthDatasetFlags).c_str(),
-               lpd::CliArgs::Usage(kRunFlags).c_str());
+               lpd::CliArgs::Usage(kRunFlags).c_str(),
+               lpd::CliArgs::Usage(kServeFlags).c_str());
 }
 
 int Fail(const absl::Status& status) {
@@ -264,6 +293,89 @@ int RunJobCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
+// Runs one leased task with the engine's job tasks.
+absl::StatusOr<std::string> RunLeasedTask(
+    const lpd::v1::Task& task, const lpd::worker::TaskProgress& progress,
+    const std::string& device, int threads) {
+  lpd::engine::TaskContext context;
+  context.device = device;
+  context.threads = threads;
+  context.progress = progress;
+  const std::string prefix =
+      absl::StrCat("lpd-worker: task ", task.task_id(), ": ");
+  context.log = [prefix](const std::string& line) {
+    std::fprintf(stderr, "%s%s\n", prefix.c_str(), line.c_str());
+  };
+  absl::StatusOr<nlohmann::json> result;
+  switch (task.phase()) {
+    case lpd::v1::PHASE_SCORE:
+      result = lpd::engine::RunScoreTask(task.spec(), task.shard_index(),
+                                         task.shard_count(), context);
+      break;
+    case lpd::v1::PHASE_DISTILL:
+      result = lpd::engine::RunDistillTask(task.spec(), context);
+      break;
+    case lpd::v1::PHASE_EVALUATE:
+      result = lpd::engine::RunEvaluateTask(task.spec(), context);
+      break;
+    case lpd::v1::PHASE_EXPORT:
+      result = lpd::engine::RunExportTask(task.spec(), context);
+      break;
+    default:
+      return absl::UnimplementedError(absl::StrCat(
+          "task ", task.task_id(), ": phase ",
+          lpd::v1::Phase_Name(task.phase()), " does not run on workers"));
+  }
+  if (!result.ok()) return result.status();
+  return result->dump();
+}
+
+int ServeCommand(const std::vector<std::string>& args) {
+  // SIGTERM/SIGINT: stop leasing, stop the task in hand (it is requeued).
+  static std::atomic<bool> stop{false};
+  lpd::HandleTerminationSignals([](int signal) {
+    std::fprintf(stderr, "lpd-worker: signal %d, stopping\n", signal);
+    stop = true;
+  });
+  auto flags = lpd::CliArgs::Parse(args, kServeFlags);
+  if (!flags.ok()) {
+    PrintUsage();
+    return Fail(flags.status());
+  }
+  auto threads = flags->GetInt("threads", 0);
+  if (!threads.ok()) return Fail(threads.status());
+  auto wait_ms = flags->GetInt("lease-wait-ms", 10000);
+  if (!wait_ms.ok()) return Fail(wait_ms.status());
+  auto max_tasks = flags->GetInt("max-tasks", 0);
+  if (!max_tasks.ok()) return Fail(max_tasks.status());
+  if (*threads < 0 || *wait_ms < 0 || *wait_ms > 60000 || *max_tasks < 0) {
+    return Fail(absl::InvalidArgumentError(
+        "--threads and --max-tasks must be >= 0, --lease-wait-ms in "
+        "[0, 60000]"));
+  }
+  auto s3_config = lpd::storage::S3ConfigFromFlags(*flags);
+  if (!s3_config.ok()) return Fail(s3_config.status());
+  lpd::storage::SetDefaultS3Config(*s3_config);
+  if (*threads > 0) at::set_num_threads(static_cast<int>(*threads));
+  lpd::worker::WorkerLoopOptions options;
+  options.scheduler_address = flags->Get("scheduler");
+  options.name = flags->Get("name");
+  const std::string device = flags->Get("device");
+  options.device = device.empty() ? "auto" : device;
+  options.lease_wait = absl::Milliseconds(*wait_ms);
+  options.max_tasks = static_cast<int>(*max_tasks);
+  const int thread_count = static_cast<int>(*threads);
+  const lpd::worker::TaskRunner runner =
+      [&](const lpd::v1::Task& task,
+          const lpd::worker::TaskProgress& progress) {
+        return RunLeasedTask(task, progress, device, thread_count);
+      };
+  const absl::Status status = lpd::worker::RunWorkerLoop(options, runner, stop);
+  if (!status.ok()) return Fail(status);
+  std::fprintf(stderr, "lpd-worker: stopped\n");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -277,6 +389,7 @@ int main(int argc, char** argv) {
   if (command == "units") return RunUnitsCommand(args);
   if (command == "synth-dataset") return RunSynthDatasetCommand(args);
   if (command == "run") return RunJobCommand(args);
+  if (command == "serve") return ServeCommand(args);
   if (command == "--help" || command == "help") {
     PrintUsage();
     return 0;

@@ -40,6 +40,7 @@ using lpd::v1::JobEvent;
 using lpd::v1::JobService;
 using lpd::v1::JobState;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using namespace std::chrono_literals;
 
 struct JobOptions {
@@ -379,6 +380,34 @@ TEST_F(ServiceTest, KilledWorkerDuringDistillIsResumedFromCheckpoint) {
               HasSubstr("\"resumed_from\":" + std::to_string(resume_step)))
       << messages;
   EXPECT_THAT(messages, HasSubstr("expired")) << messages;
+}
+
+TEST_F(ServiceTest, WorkerStoppedBySigtermHandsItsTaskBackWithACheckpoint) {
+  StartScheduler();
+  StartWorker("w1");
+  const Job job = MustSubmit(Named("sigterm", 100, 50));
+  const std::string out = dir_ + "/out-sigterm";
+  // Stop w1 mid-DISTILL, between two regular checkpoints (0 and 50).
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return workers_["w1"]->Log().find("DISTILL: step ") !=
+               std::string::npos;
+      },
+      180s))
+      << DescribeLogs();
+  StartWorker("w2");
+  workers_["w1"]->Signal(SIGTERM);
+  EXPECT_EQ(workers_["w1"]->Wait(60s), 0) << workers_["w1"]->Log();
+  const int64_t stopped_at = LatestStep(out);
+  EXPECT_GT(stopped_at, 0) << workers_["w1"]->Log();
+  EXPECT_THAT(workers_["w1"]->Log(), HasSubstr("shutting down"));
+  WaitForState(job.id(), lpd::v1::JOB_STATE_SUCCEEDED);
+  // w2 went on from w1's last step, at once (no lease had to run out).
+  const std::string messages = JoinMessages(Events(job.id()));
+  EXPECT_THAT(messages,
+              HasSubstr("\"resumed_from\":" + std::to_string(stopped_at)))
+      << messages;
+  EXPECT_THAT(messages, Not(HasSubstr("expired"))) << messages;
 }
 
 TEST_F(ServiceTest, SchedulerKilledMidJobLosesNothing) {

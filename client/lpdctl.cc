@@ -153,6 +153,18 @@ class Client {
     }
     const absl::Status status = Check(reader->Finish());
     if (!status.ok()) return status;
+    if (last == lpd::v1::JOB_STATE_UNSPECIFIED) {
+      // Nothing after `after`: the job had already ended; its state.
+      lpd::v1::GetJobRequest get;
+      get.set_job_id(job_id);
+      lpd::v1::Job job;
+      grpc::ClientContext get_context;
+      Prepare(&get_context);
+      const absl::Status got = Check(stub_->GetJob(&get_context, get, &job));
+      if (!got.ok()) return got;
+      last = job.state();
+      std::printf("job %s is %s\n", job_id.c_str(), StateName(last).c_str());
+    }
     if (!IsFinal(last)) {
       return absl::UnavailableError("the watch ended before the job did");
     }

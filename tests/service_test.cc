@@ -342,6 +342,11 @@ TEST_F(ServiceTest, JobRunsEveryPhaseWithScoringSpreadOverTwoWorkers) {
                                submitted.id() + " --server " + address_);
   EXPECT_EQ(watched.exit_code, 0) << watched.output;
   EXPECT_THAT(watched.output, HasSubstr("succeeded"));
+  auto caught_up = lpd::testing::RunCommand(
+      std::string(LPD_LPDCTL_BIN) + " watch " + submitted.id() + " --after " +
+      std::to_string(events.size()) + " --server " + address_);
+  EXPECT_EQ(caught_up.exit_code, 0) << caught_up.output;
+  EXPECT_THAT(caught_up.output, HasSubstr("is succeeded"));
   auto listed =
       lpd::testing::RunCommand(std::string(LPD_LPDCTL_BIN) +
                                " list --state succeeded --server " + address_);

@@ -48,6 +48,8 @@ const std::vector<lpd::FlagSpec> kFlags = [] {
        "attempts per task before its job fails (default 3)"},
       {"score-shards", false, false,
        "SCORE tasks per job, taken by workers in parallel (default 4)"},
+      {"restart-grace-seconds", false, false,
+       "after a restart, leases run out no sooner than this (default 30)"},
       {"grace-seconds", false, false,
        "on SIGTERM, how long calls in flight may finish (default 10)"},
   };
@@ -99,16 +101,20 @@ int main(int argc, char** argv) {
   auto attempts = flags->GetInt("max-attempts", 3);
   auto shards = flags->GetInt("score-shards", 4);
   auto grace = flags->GetInt("grace-seconds", 10);
-  for (const auto* value : {&lease, &heartbeat, &attempts, &shards, &grace}) {
+  auto restart_grace = flags->GetInt("restart-grace-seconds", 30);
+  for (const auto* value :
+       {&lease, &heartbeat, &attempts, &shards, &grace, &restart_grace}) {
     if (!value->ok()) return Fail(value->status());
   }
   if (*lease < 1 || *heartbeat < 10 || *attempts < 1 || *shards < 1 ||
-      *grace < 0) {
+      *grace < 0 || *restart_grace < 0) {
     return Fail(absl::InvalidArgumentError(
         "--lease-seconds, --max-attempts and --score-shards must be >= 1, "
-        "--heartbeat-ms >= 10, --grace-seconds >= 0"));
+        "--heartbeat-ms >= 10, --grace-seconds and --restart-grace-seconds "
+        ">= 0"));
   }
   options.lease_duration = absl::Seconds(*lease);
+  options.restart_grace = absl::Seconds(*restart_grace);
   options.heartbeat_interval = absl::Milliseconds(*heartbeat);
   options.max_attempts = static_cast<int>(*attempts);
   options.score_shards = static_cast<int>(*shards);

@@ -196,7 +196,8 @@ absl::Status Scheduler::Load() {
   ASSIGN_OR_RETURN(std::vector<TaskRecord> tasks, store_->LoadTasks());
   ASSIGN_OR_RETURN(std::vector<WorkerRecord> workers, store_->LoadWorkers());
   const int64_t now = NowMs();
-  const int64_t lease_ms = absl::ToInt64Milliseconds(options_.lease_duration);
+  const int64_t lease_ms = absl::ToInt64Milliseconds(
+      std::max(options_.lease_duration, options_.restart_grace));
 
   absl::MutexLock write_lock(&write_mu_);
   absl::MutexLock lock(&mu_);

@@ -50,11 +50,11 @@
 //
 // Restart. Open() loads every job, task and worker from the store. Tasks
 // that were leased keep their lease (same lease_id and worker) with a fresh
-// deadline of now + lease_duration, so live workers keep heartbeating and
-// can complete them; workers re-register with their old worker_id. Done
-// tasks never run again; queued tasks are queued again; jobs that were in
-// SELECT run SELECT again. At most progress_flush_interval of heartbeat
-// progress is lost.
+// deadline of now + max(lease_duration, restart_grace), so live workers,
+// which reconnect with backoff, keep heartbeating and can complete them;
+// workers re-register with their old worker_id. Done tasks never run again;
+// queued tasks are queued again; jobs that were in SELECT run SELECT again. At
+// most progress_flush_interval of heartbeat progress is lost.
 //
 // Threads. Every public method may be called from any number of threads
 // (gRPC handlers). Reads (Get, List, Heartbeat) are served from memory and
@@ -118,6 +118,9 @@ struct SchedulerOptions {
   std::string state_dir;
   // A lease runs out this long after it was handed out or last renewed.
   absl::Duration lease_duration = absl::Seconds(30);
+  // After a restart, leases run out no sooner than this: workers need time
+  // to reconnect (their gRPC channels back off while the scheduler is down).
+  absl::Duration restart_grace = absl::Seconds(30);
   // Told to workers (RegisterWorkerResponse): how often to heartbeat.
   absl::Duration heartbeat_interval = absl::Seconds(2);
   // Leases per task (and runs per SELECT on UNAVAILABLE); after the last

@@ -32,6 +32,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "bench/random_unet.h"
 #include "common/cli_args.h"
 #include "engine/data_parallel.h"
 #include "engine/distill.h"
@@ -106,21 +107,13 @@ int RunRank(const lpd::CliArgs& flags) {
   auto group = DataParallelGroup::Create(*dp_options, device);
   if (!group.ok()) return Fail(rank, group.status());
 
-  std::ifstream in(std::string(LPD_CONFIGS_DIR) + "/" + c.file);
-  std::stringstream text;
-  text << in.rdbuf();
-  auto config = ParseUNetConfig(text.str(), c.file);
-  if (!config.ok()) return Fail(rank, config.status());
   const torch::Dtype dtype = precision == TrainingPrecision::kFloat32
                                  ? torch::kFloat32
                                  : torch::kBFloat16;
   const auto to = torch::TensorOptions().device(device).dtype(dtype);
-  UNetOptions options;
-  options.config = *config;
-  options.tensor_options = to;
-  auto teacher = UNet2DConditionModelImpl::Create(options);
+  // The same weights on every rank.
+  auto teacher = lpd::bench::RandomUNetFromConfigFile(c.file, device, dtype);
   if (!teacher.ok()) return Fail(rank, teacher.status());
-  (*teacher)->RandomizeParameters(1);  // the same on every rank
   std::set<std::string> removed;
   if (c.prune_ratio > 0) {
     auto plan = HandcraftedSelection(**teacher, c.prune_ratio);
@@ -145,12 +138,14 @@ int RunRank(const lpd::CliArgs& flags) {
   b.noised.timestep =
       torch::randint(0, 1000, {batch}, cpu.dtype(torch::kInt64)).to(device);
   b.noised.encoder_hidden_states =
-      torch::randn({batch, 77, config->cross_attention_dim}, cpu).to(to);
-  if (config->text_time_embedding) {
+      torch::randn({batch, 77, (*teacher)->config().cross_attention_dim}, cpu)
+          .to(to);
+  if ((*teacher)->config().text_time_embedding) {
     b.noised.text_embeds =
-        torch::randn({batch, config->projection_class_embeddings_input_dim -
-                                 6 * config->addition_time_embed_dim},
-                     cpu)
+        torch::randn(
+            {batch, (*teacher)->config().projection_class_embeddings_input_dim -
+                        6 * (*teacher)->config().addition_time_embed_dim},
+            cpu)
             .to(to);
     b.noised.time_ids = torch::full({batch, 6}, 1024.0, to);
   }

@@ -21,6 +21,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
+#include "bench/random_unet.h"
 #include "common/cli_args.h"
 #include "engine/distill.h"
 #include "engine/model_loader.h"
@@ -59,21 +60,15 @@ double PeakGiB(torch::Device device) {
 int RunCase(const std::string& name, const std::string& file, int64_t batch,
             int64_t size, double prune_ratio, torch::Device device,
             TrainingPrecision precision, int steps) {
-  std::ifstream in(std::string(LPD_CONFIGS_DIR) + "/" + file);
-  std::stringstream text;
-  text << in.rdbuf();
-  auto config = ParseUNetConfig(text.str(), file);
-  if (!config.ok()) return 1;
   const torch::Dtype dtype = precision == TrainingPrecision::kFloat32
                                  ? torch::kFloat32
                                  : torch::kBFloat16;
   const auto to = torch::TensorOptions().device(device).dtype(dtype);
-  UNetOptions options;
-  options.config = *config;
-  options.tensor_options = to;
-  auto teacher = UNet2DConditionModelImpl::Create(options);
-  if (!teacher.ok()) return 1;
-  (*teacher)->RandomizeParameters(1);
+  auto teacher = lpd::bench::RandomUNetFromConfigFile(file, device, dtype);
+  if (!teacher.ok()) {
+    std::fprintf(stderr, "%s\n", teacher.status().ToString().c_str());
+    return 1;
+  }
   ResetPeak(device);  // after CUDA is initialized; teacher weights count
   std::set<std::string> removed;
   if (prune_ratio > 0) {
@@ -102,12 +97,12 @@ int RunCase(const std::string& name, const std::string& file, int64_t batch,
   b.noised.sample = torch::randn({batch, 4, size, size}, to);
   b.noised.timestep = torch::randint(0, 1000, {batch}, to.dtype(torch::kInt64));
   b.noised.encoder_hidden_states =
-      torch::randn({batch, 77, config->cross_attention_dim}, to);
-  if (config->text_time_embedding) {
-    b.noised.text_embeds =
-        torch::randn({batch, config->projection_class_embeddings_input_dim -
-                                 6 * config->addition_time_embed_dim},
-                     to);
+      torch::randn({batch, 77, (*teacher)->config().cross_attention_dim}, to);
+  if ((*teacher)->config().text_time_embedding) {
+    b.noised.text_embeds = torch::randn(
+        {batch, (*teacher)->config().projection_class_embeddings_input_dim -
+                    6 * (*teacher)->config().addition_time_embed_dim},
+        to);
     b.noised.time_ids = torch::full({batch, 6}, 1024.0, to);
   }
   b.target = torch::randn({batch, 4, size, size}, to);

@@ -291,6 +291,20 @@ absl::StatusOr<DatasetManifest> ParseDatasetManifest(std::string_view text,
   return m;
 }
 
+absl::Status PrepareNewDatasetFolder(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  }
+  if (fs::exists(fs::path(dir) / kDatasetManifestFile)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat(dir, " already holds a ", kDatasetManifestFile));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status WriteDatasetManifest(const std::string& dir,
                                   const DatasetManifest& manifest) {
   const std::string path = (fs::path(dir) / kDatasetManifestFile).string();

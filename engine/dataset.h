@@ -69,6 +69,9 @@ struct DatasetManifest {
 std::string DatasetManifestToJson(const DatasetManifest& manifest);
 absl::StatusOr<DatasetManifest> ParseDatasetManifest(std::string_view json,
                                                      std::string_view source);
+// Creates `dir` (and its parents) for a new dataset. AlreadyExists when it
+// already holds a dataset.json, Internal when it cannot be created.
+absl::Status PrepareNewDatasetFolder(const std::string& dir);
 // Writes `<dir>/dataset.json` atomically (temporary file, fsync, rename).
 absl::Status WriteDatasetManifest(const std::string& dir,
                                   const DatasetManifest& manifest);

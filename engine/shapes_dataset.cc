@@ -409,16 +409,7 @@ absl::StatusOr<DatasetManifest> WriteShapesDataset(const ShapesData& data,
     return absl::InvalidArgumentError(
         "shapes dataset: nothing to write (empty data or shard size < 1)");
   }
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) {
-    return absl::InternalError(
-        absl::StrCat("cannot create ", dir, ": ", ec.message()));
-  }
-  if (fs::exists(fs::path(dir) / kDatasetManifestFile)) {
-    return absl::AlreadyExistsError(
-        absl::StrCat(dir, " already holds a ", kDatasetManifestFile));
-  }
+  RETURN_IF_ERROR(PrepareNewDatasetFolder(dir));
   DatasetManifest m;
   m.num_samples = n;
   m.vae_scaling_factor = 1.0;

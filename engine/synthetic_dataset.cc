@@ -86,16 +86,7 @@ absl::StatusOr<DatasetManifest> WriteSyntheticDataset(
          std::min(options.shard_size, options.num_samples - begin)});
   }
 
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) {
-    return absl::InternalError(
-        absl::StrCat("cannot create ", dir, ": ", ec.message()));
-  }
-  if (fs::exists(fs::path(dir) / kDatasetManifestFile)) {
-    return absl::AlreadyExistsError(
-        absl::StrCat(dir, " already holds a ", kDatasetManifestFile));
-  }
+  RETURN_IF_ERROR(PrepareNewDatasetFolder(dir));
   const torch::Dtype dtype = ToTorchDtype(options.dtype);
   for (size_t i = 0; i < m.shards.size(); ++i) {
     const int64_t n = m.shards[i].num_samples;

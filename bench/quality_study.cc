@@ -1,30 +1,50 @@
 // The quality study of issue 6: does LAPTOP-Diff's one-shot output-loss
-// selection beat the alternatives on a model we train ourselves? In one
-// process on one device:
+// selection beat the alternatives on a model we train ourselves? One process
+// does:
 //
 //   1. generates the shapes dataset (engine/shapes_dataset.h): train and
-//      held-out scenes, the fixed text encoder, the empty prompt;
+//      held-out scenes, the fixed text encoder, the empty prompt (~1 s);
 //   2. trains the teacher from scratch (engine/train_scratch.h; ε-MSE with
 //      conditioning dropout for classifier-free guidance), or loads it from
 //      --teacher DIR, and saves it to OUT/teacher (diffusers layout);
-//   3. trains the adherence classifier (engine/adherence_classifier.h) and
-//      measures it on held-out real data: per-head accuracy, the adherence
-//      of real images to their own prompts (the ceiling) and to other
-//      samples' prompts (the chance level);
-//   4. gates the teacher: the adherence of its guided DDIM samples must close
-//      at least --gate-fraction of the gap from chance to the ceiling, else
-//      the study stops (exit 3) unless --allow-failed-gate;
-//   5. for every row and seed: scores the units (output_loss, magnitude or
+//   3. trains the adherence classifier (engine/adherence_classifier.h), or
+//      loads it (--classifier FILE), saves it to OUT/classifier.safetensors
+//      and measures it on held-out real data: per-head accuracy, the
+//      adherence of real images to their own prompts (the ceiling) and to
+//      other samples' prompts (the chance level);
+//   4. gates the teacher with a guidance sweep: DDIM samples of the same
+//      prompts from the same noise at every --guidance-scales scale (default
+//      1,1.5,2,3); the scale with the highest attribute adherence is chosen
+//      (--guidance-scale G forces one, no sweep) and must close at least
+//      --gate-fraction of the gap from chance to the ceiling, else the study
+//      stops (exit 3) unless --allow-failed-gate. Every scale's samples go to
+//      OUT/teacher_samples.safetensors (the PSNR reference of the rows);
+//   5. measures additivity (engine/additivity.h) of the output-loss scores:
+//      OUT/additivity.json and OUT/additivity.csv; writes OUT/study.json
+//      (teacher, classifier, gate with the sweep and the chosen scale,
+//      timings);
+//   6. for every row and seed: scores the units (output_loss, magnitude or
 //      random; handcrafted = BK-SDM-Base's rule), selects with the knapsack at
 //      the row's ratio, distills the student with the same budget for every
 //      row (steps, batch, learning rate, data stream of the seed), then
-//      evaluates it: adherence of guided DDIM samples from fixed noise and
-//      prompts, relative output error and denoising loss on held-out noised
-//      data, and PSNR of its samples against the teacher's from the same
-//      noise; writes OUT/<row>/seed-<s>/report.json;
-//   6. measures additivity (engine/additivity.h) of the output-loss scores:
-//      OUT/additivity.json and OUT/additivity.csv;
-//   7. writes OUT/study.json (teacher, classifier, gate, timings).
+//      evaluates it: adherence of DDIM samples at the chosen guidance scale
+//      from fixed noise and prompts, relative output error and denoising loss
+//      on held-out noised data, and PSNR of its samples against the teacher's
+//      from the same noise; writes OUT/<row>/seed-<s>/report.json.
+//
+// Split runs (what scripts/quality_study_gpus.sh does on a multi-GPU host):
+//   --gate-only: steps 1-5, then stops;
+//   --rows-only: steps 1 and 6 only, from what the gate run left in OUT:
+//     the teacher (--teacher, default OUT/teacher), the classifier
+//     (--classifier, default OUT/classifier.safetensors; loaded, not
+//     trained), the chosen scale (OUT/study.json, or --guidance-scale for
+//     another swept one) and the teacher's samples. It checks that its data
+//     and sampling flags match the gate run's, refuses a failed gate (exit 3)
+//     unless --allow-failed-gate, runs --row-seeds ROW:SEED,... (or
+//     --rows/--first-seed/--seeds) and writes only OUT/<row>/seed-<s>/ and
+//     OUT/runs/<--run-name>.json (every file atomically), so many rows-only
+//     processes can share one OUT.
+// Without either flag one process does steps 1-6.
 //
 // Rows: at R_h (the ratio BK-SDM-Base's rule removes on this layout):
 // output_loss, magnitude, random, handcrafted; at 50%: output_loss,
@@ -34,7 +54,7 @@
 // r50-output_loss-nkd, r50-output_loss-pkd, r50-magnitude-nkd,
 // r50-random-nkd.
 //
-// A tiny CPU smoke run (about 10 s; what quality_study_test runs):
+// A tiny CPU smoke run (a few seconds; quality_study_test runs it split):
 //   quality_study --out /tmp/qs --device cpu --config configs/study-sd15-tiny
 //     --image-size 16 --threads 1 --train-samples 256 --heldout-samples 64
 //     --teacher-steps 6 --teacher-batch 8 --classifier-steps 10
@@ -47,15 +67,18 @@
 // (8.6 M parameters, bf16 mixed) ~120 ms per step of batch 256 (~2100
 // samples/s; probably launch-bound), so 3000 steps ≈ 6 min;
 // classifier 1500 steps ≈ 15 s; gate sampling (256 prompts, 25 steps, twice)
-// ≈ 13 s; output-loss scoring ≈ 2 s; distillation (bf16-master) ~146 ms per
-// step of batch 128, so a row of 500 steps ≈ 75 s + ~10 s of evaluation. The
-// whole study (9 rows × 3 seeds) therefore takes ~45 min: split it with
-// --stop-after-gate (teacher only), then --teacher OUT/teacher with
-// --first-seed/--seeds and --rows per run. The timings printed while it
-// runs give the estimate for other sizes.
-// scripts/quality_table.py turns the reports into the table.
+// ≈ 13 s, so the four-scale sweep should take about as long again (not
+// measured); output-loss scoring ≈ 2 s; distillation (bf16-master) ~146 ms
+// per step of batch 128, so a row of 500 steps ≈ 75 s + ~10 s of evaluation.
+// The 27 row-seeds in one process therefore take ~45 min; the split flow
+// runs them as several processes per GPU (scripts/quality_study_gpus.sh).
+// In that run, with g = 3 forced, the teacher failed the gate (adherence
+// 0.415, threshold 0.588) while its unguided samples read 0.611: hence the
+// sweep. The timings printed while it runs give the estimate for other
+// sizes. scripts/quality_table.py turns the reports into the table.
 #include <torch/cuda.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -73,6 +96,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -90,6 +114,7 @@
 #include "engine/noise_schedule.h"
 #include "engine/scoring.h"
 #include "engine/shapes_dataset.h"
+#include "engine/tensor_io.h"
 #include "engine/torch_errors.h"
 #include "engine/train_scratch.h"
 #include "nlohmann/json.hpp"
@@ -142,7 +167,10 @@ struct Flags {
   int64_t distill_steps = 500, distill_batch = 128, distill_warmup = 20;
   double distill_lr = 2e-4;
   int64_t samples = 256, ddim_steps = 25;
-  double guidance = 1.5;
+  // The gate samples the teacher at every scale and keeps the one with the
+  // highest attribute adherence; --guidance-scale forces one.
+  std::vector<double> guidance_scales = {1, 1.5, 2, 3};
+  std::optional<double> forced_guidance;
   int64_t calibration_samples = 64, eval_samples = 1024, eval_batch = 256;
   int64_t additivity_sets = 8;
   double gate_fraction = 0.5;
@@ -150,7 +178,10 @@ struct Flags {
   int64_t log_every = 250;
   int64_t threads = 0;
   int64_t first_seed = 0;
-  bool stop_after_gate = false;
+  bool gate_only = false, rows_only = false;
+  std::string classifier_path;  // load the classifier from this file
+  std::string row_seeds;        // "row:seed,..." (rows-only runs)
+  std::string run_name;         // OUT/runs/<run_name>.json (rows-only runs)
 };
 
 absl::StatusOr<double> GetDouble(const lpd::CliArgs& args,
@@ -199,7 +230,12 @@ const std::vector<lpd::FlagSpec>& FlagSpecs() {
        "bf16-master (default on CUDA), bf16 or fp32"},
       {"samples", false, false, "DDIM samples per model (256)"},
       {"ddim-steps", false, false, "DDIM steps (25)"},
-      {"guidance", false, false, "classifier-free guidance scale (1.5)"},
+      {"guidance-scales", false, false,
+       "comma-separated guidance scales the gate tries; the one with the "
+       "highest attribute adherence is used for every row (1,1.5,2,3)"},
+      {"guidance-scale", false, false,
+       "force this one guidance scale (no sweep); with --rows-only, one the "
+       "gate run sampled"},
       {"calibration-samples", false, false, "scoring calibration samples (64)"},
       {"eval-samples", false, false, "held-out evaluation samples (1024)"},
       {"eval-batch", false, false, "evaluation batch (256)"},
@@ -212,8 +248,25 @@ const std::vector<lpd::FlagSpec>& FlagSpecs() {
       {"first-seed", false, false,
        "run seeds first-seed .. first-seed+seeds-1 (default 0), to split "
        "the study over several runs"},
-      {"stop-after-gate", false, true,
-       "stop after training, saving and gating the teacher"},
+      {"gate-only", false, true,
+       "first half of a split study: teacher, classifier, gate (with the "
+       "guidance sweep) and additivity; saves OUT/teacher, "
+       "OUT/classifier.safetensors, OUT/teacher_samples.safetensors, "
+       "OUT/study.json for --rows-only runs"},
+      {"rows-only", false, true,
+       "second half: only the rows, from what a --gate-only run saved in "
+       "OUT (teacher, classifier, guidance scale, teacher samples); writes "
+       "only OUT/<row>/seed-<s>/ and OUT/runs/<run-name>.json, so many can "
+       "run at once on one OUT"},
+      {"classifier", false, false,
+       "load the adherence classifier from this file instead of training it "
+       "(--rows-only: default OUT/classifier.safetensors)"},
+      {"row-seeds", false, false,
+       "--rows-only: comma-separated row:seed pairs to run, in this order "
+       "(instead of --rows/--first-seed/--seeds)"},
+      {"run-name", false, false,
+       "--rows-only: name of this run's summary OUT/runs/NAME.json (default "
+       "rows-<pid>)"},
   };
   return specs;
 }
@@ -267,7 +320,39 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
   RETURN_IF_ERROR(number("distill-lr", f.distill_lr));
   RETURN_IF_ERROR(integer("samples", f.samples));
   RETURN_IF_ERROR(integer("ddim-steps", f.ddim_steps));
-  RETURN_IF_ERROR(number("guidance", f.guidance));
+  if (args.Has("guidance-scale")) {
+    if (args.Has("guidance-scales")) {
+      return absl::InvalidArgumentError(
+          "--guidance-scale (one forced scale) and --guidance-scales (a "
+          "sweep) exclude each other");
+    }
+    double g = 0;
+    RETURN_IF_ERROR(number("guidance-scale", g));
+    f.forced_guidance = g;
+    f.guidance_scales = {g};
+  } else if (args.Has("guidance-scales")) {
+    f.guidance_scales.clear();
+    for (const std::string& item : args.GetList("guidance-scales")) {
+      double g = 0;
+      if (!absl::SimpleAtod(item, &g)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--guidance-scales: \"", item, "\" is not a number"));
+      }
+      if (std::find(f.guidance_scales.begin(), f.guidance_scales.end(), g) ==
+          f.guidance_scales.end()) {
+        f.guidance_scales.push_back(g);
+      }
+    }
+  }
+  for (double g : f.guidance_scales) {
+    if (!(g >= 1.0 && g <= 100.0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("guidance scales must lie in [1, 100], got ", g));
+    }
+  }
+  if (f.guidance_scales.empty()) {
+    return absl::InvalidArgumentError("--guidance-scales: no scale given");
+  }
   RETURN_IF_ERROR(integer("calibration-samples", f.calibration_samples));
   RETURN_IF_ERROR(integer("eval-samples", f.eval_samples));
   RETURN_IF_ERROR(integer("eval-batch", f.eval_batch));
@@ -276,7 +361,40 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
   RETURN_IF_ERROR(integer("log-every", f.log_every));
   RETURN_IF_ERROR(integer("threads", f.threads));
   RETURN_IF_ERROR(integer("first-seed", f.first_seed));
-  f.stop_after_gate = args.Has("stop-after-gate");
+  f.gate_only = args.Has("gate-only");
+  f.rows_only = args.Has("rows-only");
+  f.classifier_path = args.Get("classifier");
+  f.row_seeds = args.Get("row-seeds");
+  f.run_name = args.Get("run-name");
+  if (f.gate_only && f.rows_only) {
+    return absl::InvalidArgumentError(
+        "--gate-only and --rows-only exclude each other");
+  }
+  if (!f.rows_only && (!f.row_seeds.empty() || !f.run_name.empty())) {
+    return absl::InvalidArgumentError(
+        "--row-seeds and --run-name go with --rows-only");
+  }
+  if (!f.row_seeds.empty() &&
+      (args.Has("rows") || args.Has("seeds") || args.Has("first-seed"))) {
+    return absl::InvalidArgumentError(
+        "--row-seeds replaces --rows, --seeds and --first-seed");
+  }
+  if (f.rows_only) {
+    if (f.teacher_dir.empty()) {
+      f.teacher_dir = (fs::path(f.out) / "teacher").string();
+    }
+    if (f.classifier_path.empty()) {
+      f.classifier_path = (fs::path(f.out) / "classifier.safetensors").string();
+    }
+    if (f.run_name.empty()) f.run_name = absl::StrCat("rows-", ::getpid());
+    for (char c : f.run_name) {
+      if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '-' &&
+          c != '_' && c != '.') {
+        return absl::InvalidArgumentError(
+            "--run-name: letters, digits, '-', '_' and '.' only");
+      }
+    }
+  }
   if (f.seeds < 1 || f.first_seed < 0 || f.train_samples < 16 ||
       f.heldout_samples < 2 || f.teacher_steps < 0 || f.teacher_batch < 1 ||
       f.distill_steps < 1 || f.distill_batch < 1 || f.samples < 1 ||
@@ -321,16 +439,77 @@ std::vector<Row> AllRows() {
   };
 }
 
+// Writes atomically (a temporary name beside the file, then a rename), so
+// concurrent runs and readers never see half a file.
 absl::Status WriteText(const fs::path& path, const std::string& text) {
   std::error_code ec;
-  fs::create_directories(path.parent_path(), ec);
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.close();
-  if (!out.good()) {
+  fs::create_directories(path.parent_path(), ec);  // may race: checked below
+  const fs::path temp = path.string() + absl::StrCat(".tmp-", ::getpid());
+  {
+    std::ofstream out(temp, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.close();
+    if (!out.good()) {
+      fs::remove(temp, ec);
+      return absl::InternalError(absl::StrCat("cannot write ", path.string()));
+    }
+  }
+  fs::rename(temp, path, ec);
+  if (ec) {
+    fs::remove(temp, ec);
     return absl::InternalError(absl::StrCat("cannot write ", path.string()));
   }
   return absl::OkStatus();
+}
+
+// The (row, seed) pairs a run does: --row-seeds in its order, else every
+// selected row (--rows, default all) for every seed of --first-seed/--seeds.
+absl::StatusOr<std::vector<std::pair<Row, int64_t>>> WorkList(const Flags& f) {
+  std::map<std::string, Row> by_id;
+  for (const Row& row : AllRows()) by_id[row.id] = row;
+  std::vector<std::pair<Row, int64_t>> work;
+  if (!f.row_seeds.empty()) {
+    std::set<std::pair<std::string, int64_t>> seen;
+    for (absl::string_view item : absl::StrSplit(f.row_seeds, ',')) {
+      if (item.empty()) continue;
+      const std::vector<std::string> parts = absl::StrSplit(item, ':');
+      int64_t seed = -1;
+      if (parts.size() != 2 || !absl::SimpleAtoi(parts[1], &seed) || seed < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--row-seeds: expected ROW:SEED, got \"", item, "\""));
+      }
+      auto row = by_id.find(parts[0]);
+      if (row == by_id.end()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--row-seeds: unknown row ", parts[0]));
+      }
+      if (!seen.insert({parts[0], seed}).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--row-seeds: ", item, " given twice"));
+      }
+      work.push_back({row->second, seed});
+    }
+    if (work.empty()) {
+      return absl::InvalidArgumentError("--row-seeds: no pair given");
+    }
+    return work;
+  }
+  std::set<std::string> wanted;
+  for (absl::string_view r : absl::StrSplit(f.rows, ',')) {
+    if (r.empty()) continue;
+    if (!by_id.contains(std::string(r))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--rows: unknown row ", r));
+    }
+    wanted.insert(std::string(r));
+  }
+  for (int64_t seed = f.first_seed; seed < f.first_seed + f.seeds; ++seed) {
+    for (const Row& row : AllRows()) {
+      if (wanted.empty() || wanted.contains(row.id))
+        work.push_back({row, seed});
+    }
+  }
+  return work;
 }
 
 absl::StatusOr<std::string> ReadText(const fs::path& path) {
@@ -397,13 +576,21 @@ class Study {
   absl::Status MakeData();
   absl::Status MakeTeacher();
   absl::Status MakeClassifier();
+  absl::Status SaveClassifier(const fs::path& path);
+  absl::Status LoadClassifier(const std::string& path);
+  absl::Status PrepareSampling();
   absl::Status GateTeacher();
+  // Rows-only runs: OUT/study.json's gate, the saved teacher samples.
+  absl::Status LoadGate();
+  absl::Status MakeUnits();
   absl::Status MakeEvaluationSets();
   absl::StatusOr<std::vector<UNetInputs>> Calibration(int64_t seed);
   absl::StatusOr<Scores> ScoresFor(const std::string& criterion, int64_t seed);
+  absl::Status RunRows();
   absl::Status RunRow(const Row& row, int64_t seed);
   absl::Status MeasureAdditivityPoints();
   absl::Status WriteStudy(bool gate_passed);
+  absl::Status WriteRunSummary();
 
   absl::StatusOr<torch::Tensor> Sample(UNet2DConditionModel model,
                                        double guidance);
@@ -427,6 +614,9 @@ class Study {
   // Sampling: fixed noise, prompts (held-out rows), their attributes.
   torch::Tensor sample_noise_, sample_context_;
   QuadrantAttributes sample_requested_;
+  // The guidance scale of every row's samples (the gate's choice or
+  // --guidance-scale) and the teacher's samples at that scale.
+  double guidance_ = 1;
   torch::Tensor teacher_samples_;
   AdherenceScore teacher_adherence_, teacher_adherence_unguided_;
   std::vector<TrainingBatch> eval_batches_;
@@ -436,8 +626,9 @@ class Study {
   std::map<std::pair<std::string, int64_t>, Scores> scores_;
   std::map<int64_t, std::vector<UNetInputs>> calibration_;
   json study_;
+  json run_;  // rows-only runs: OUT/runs/<run-name>.json
+  json rows_done_ = json::array();
   std::map<std::string, double> timings_;
-  double first_row_seconds_ = 0;
 };
 
 absl::Status Study::Setup() {
@@ -615,17 +806,40 @@ absl::StatusOr<AdherenceScore> Study::Adherence(const torch::Tensor& images) {
 
 absl::Status Study::MakeClassifier() {
   const auto t0 = Clock::now();
-  ClassifierTrainOptions o;
-  o.steps = f_.classifier_steps;
-  o.batch_size = f_.classifier_batch;
-  o.width = f_.classifier_width;
-  o.device = device_;
-  o.seed = f_.data_seed;
-  o.log_every = std::max<int64_t>(1, f_.classifier_steps / 4);
-  o.log = [](int64_t step, double loss) {
-    Log("classifier step %d: loss %.4f", step + 1, loss);
-  };
-  ASSIGN_OR_RETURN(classifier_, TrainShapesClassifier(train_, o));
+  json info;
+  if (!f_.classifier_path.empty()) {
+    RETURN_IF_ERROR(LoadClassifier(f_.classifier_path));
+    info["loaded_from"] = f_.classifier_path;
+    Log("classifier: loaded from %s (not trained)", f_.classifier_path);
+  } else {
+    ClassifierTrainOptions o;
+    o.steps = f_.classifier_steps;
+    o.batch_size = f_.classifier_batch;
+    o.width = f_.classifier_width;
+    o.device = device_;
+    o.seed = f_.data_seed;
+    o.log_every = std::max<int64_t>(1, f_.classifier_steps / 4);
+    o.log = [](int64_t step, double loss) {
+      Log("classifier step %d: loss %.4f", step + 1, loss);
+    };
+    ASSIGN_OR_RETURN(classifier_, TrainShapesClassifier(train_, o));
+    info["steps"] = f_.classifier_steps;
+    info["batch"] = f_.classifier_batch;
+    info["width"] = f_.classifier_width;
+  }
+  if (f_.rows_only) {
+    timings_["classifier"] = Seconds(t0);
+    run_["classifier"] = info;
+    return absl::OkStatus();
+  }
+  // Saved for --rows-only runs (unless it was loaded from there).
+  const fs::path saved = fs::path(f_.out) / "classifier.safetensors";
+  std::error_code ec;
+  if (f_.classifier_path.empty() ||
+      !fs::equivalent(f_.classifier_path, saved, ec)) {
+    RETURN_IF_ERROR(SaveClassifier(saved));
+  }
+  info["saved_to"] = saved.string();
   ASSIGN_OR_RETURN(QuadrantAttributes read,
                    ReadAttributes(*classifier_, heldout_.latents));
   ASSIGN_OR_RETURN(ClassifierAccuracy accuracy,
@@ -652,18 +866,75 @@ absl::Status Study::MakeClassifier() {
       "with shuffled prompts (chance) %.3f / %.3f",
       ceiling.attribute_accuracy, ceiling.exact_rate, chance.attribute_accuracy,
       chance.exact_rate);
-  study_["classifier"] = {
-      {"steps", f_.classifier_steps},
-      {"batch", f_.classifier_batch},
-      {"width", f_.classifier_width},
-      {"heldout_accuracy", ClassifierAccuracyToJson(accuracy)},
-      {"chance_accuracy",
-       {{"kind", 1.0 / kShapeKinds},
-        {"colour", 1.0 / kShapeColours},
-        {"size", 1.0 / kShapeSizes}}},
-      {"real_adherence", AdherenceToJson(ceiling)},
-      {"chance_adherence", AdherenceToJson(chance)}};
+  info["heldout_accuracy"] = ClassifierAccuracyToJson(accuracy);
+  info["chance_accuracy"] = {{"kind", 1.0 / kShapeKinds},
+                             {"colour", 1.0 / kShapeColours},
+                             {"size", 1.0 / kShapeSizes}};
+  info["real_adherence"] = AdherenceToJson(ceiling);
+  info["chance_adherence"] = AdherenceToJson(chance);
+  study_["classifier"] = info;
   return absl::OkStatus();
+}
+
+absl::Status Study::SaveClassifier(const fs::path& path) {
+  std::map<std::string, torch::Tensor> tensors;
+  RETURN_IF_ERROR(GuardTorch("collecting the classifier's weights", [&]() {
+    for (const auto& p : classifier_->named_parameters()) {
+      tensors[p.key()] = p.value().detach();
+    }
+    for (const auto& b : classifier_->named_buffers()) {
+      tensors[b.key()] = b.value().detach();
+    }
+    return absl::OkStatus();
+  }));
+  RETURN_IF_ERROR(WriteTensors(path.string(), tensors,
+                               {{"format", "lpd shapes classifier"}}));
+  Log("classifier: saved to %s", path.string());
+  return absl::OkStatus();
+}
+
+absl::Status Study::LoadClassifier(const std::string& path) {
+  ASSIGN_OR_RETURN(auto tensors,
+                   ReadAllTensors(path, device_, torch::kFloat32));
+  auto quadrant = tensors.find("quadrant.weight");
+  if (quadrant == tensors.end() || quadrant->second.dim() != 2 ||
+      quadrant->second.size(1) % 4 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not a shapes classifier (no quadrant.weight)"));
+  }
+  const int64_t width = quadrant->second.size(1) / 4;
+  return GuardTorch("loading the classifier", [&]() -> absl::Status {
+    ShapesClassifier model(width);
+    model->to(device_);
+    torch::NoGradGuard no_grad;
+    size_t used = 0;
+    auto assign = [&](const std::string& name,
+                      torch::Tensor& target) -> absl::Status {
+      auto found = tensors.find(name);
+      if (found == tensors.end() || found->second.sizes() != target.sizes()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ": tensor ", name,
+            found == tensors.end() ? " is missing" : " has the wrong shape"));
+      }
+      target.copy_(found->second);
+      ++used;
+      return absl::OkStatus();
+    };
+    for (auto& p : model->named_parameters()) {
+      RETURN_IF_ERROR(assign(p.key(), p.value()));
+    }
+    for (auto& b : model->named_buffers()) {
+      RETURN_IF_ERROR(assign(b.key(), b.value()));
+    }
+    if (used != tensors.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": ", tensors.size() - used,
+                       " tensors the classifier does not have"));
+    }
+    model->eval();
+    classifier_ = model;
+    return absl::OkStatus();
+  });
 }
 
 absl::StatusOr<torch::Tensor> Study::Sample(UNet2DConditionModel model,
@@ -673,13 +944,14 @@ absl::StatusOr<torch::Tensor> Study::Sample(UNet2DConditionModel model,
   o.guidance_scale = guidance;
   o.clip_sample = true;  // the data lies in [-1, 1]
   o.max_batch = 512;
+  // g = 1 is the conditional prediction alone: no unconditional pass.
   return DdimSample(UNetNoisePredictor(model), schedule_, sample_noise_,
-                    sample_context_, uncond_, o);
+                    sample_context_,
+                    guidance == 1.0 ? torch::Tensor() : uncond_, o);
 }
 
-absl::Status Study::GateTeacher() {
-  const auto t0 = Clock::now();
-  RETURN_IF_ERROR(GuardTorch("preparing the sampling set", [&]() {
+absl::Status Study::PrepareSampling() {
+  return GuardTorch("preparing the sampling set", [&]() {
     at::Generator gen =
         at::detail::createCPUGenerator(f_.data_seed ^ kSampleNoiseStream);
     sample_noise_ = torch::randn({f_.samples, kShapesChannels, f_.image_size,
@@ -693,28 +965,80 @@ absl::Status Study::GateTeacher() {
                          heldout_.attributes.colour.narrow(0, 0, f_.samples),
                          heldout_.attributes.size.narrow(0, 0, f_.samples)};
     return absl::OkStatus();
-  }));
-  ASSIGN_OR_RETURN(teacher_samples_, Sample(teacher_, f_.guidance));
-  Sync(device_);
-  const double sample_seconds = Seconds(t0);
-  ASSIGN_OR_RETURN(teacher_adherence_, Adherence(teacher_samples_));
-  ASSIGN_OR_RETURN(torch::Tensor unguided, Sample(teacher_, 1.0));
-  ASSIGN_OR_RETURN(teacher_adherence_unguided_, Adherence(unguided));
-  RETURN_IF_ERROR(
-      WriteGrid(fs::path(f_.out) / "teacher_samples.ppm", teacher_samples_));
-  RETURN_IF_ERROR(WriteGrid(fs::path(f_.out) / "real_samples.ppm",
-                            heldout_.latents.narrow(0, 0, f_.samples)));
+  });
+}
+
+// The name of the teacher's samples at scale g in teacher_samples.safetensors.
+std::string SamplesKey(double g) { return absl::StrFormat("guidance_%g", g); }
+
+absl::Status Study::GateTeacher() {
+  const auto t0 = Clock::now();
   const double chance =
       study_["classifier"]["chance_adherence"]["attribute_accuracy"];
   const double ceiling =
       study_["classifier"]["real_adherence"]["attribute_accuracy"];
   const double threshold = chance + f_.gate_fraction * (ceiling - chance);
+  // Every scale from the same noise and prompts; the best attribute
+  // adherence wins (the first of equals).
+  std::map<std::string, torch::Tensor> saved;
+  json sweep = json::array();
+  int best = -1;
+  std::optional<AdherenceScore> unguided;
+  for (size_t i = 0; i < f_.guidance_scales.size(); ++i) {
+    const double g = f_.guidance_scales[i];
+    const auto ts = Clock::now();
+    ASSIGN_OR_RETURN(torch::Tensor samples, Sample(teacher_, g));
+    Sync(device_);
+    const double seconds = Seconds(ts);
+    ASSIGN_OR_RETURN(AdherenceScore a, Adherence(samples));
+    const bool passes = a.attribute_accuracy >= threshold;
+    Log("teacher gate: g=%g: adherence %.3f attributes / %.3f exact (%s the "
+        "threshold %.3f; %.1fs)",
+        g, a.attribute_accuracy, a.exact_rate, passes ? "meets" : "below",
+        threshold, seconds);
+    sweep.push_back({{"guidance", g},
+                     {"adherence", AdherenceToJson(a)},
+                     {"passed", passes},
+                     {"sampling_seconds", seconds}});
+    saved[SamplesKey(g)] = samples;
+    if (f_.guidance_scales.size() > 1) {
+      RETURN_IF_ERROR(WriteGrid(
+          fs::path(f_.out) / absl::StrFormat("teacher_samples_g%g.ppm", g),
+          samples));
+    }
+    if (g == 1.0) unguided = a;
+    if (best < 0 ||
+        a.attribute_accuracy > teacher_adherence_.attribute_accuracy) {
+      best = static_cast<int>(i);
+      guidance_ = g;
+      teacher_adherence_ = a;
+      teacher_samples_ = samples;
+    }
+  }
+  if (!unguided.has_value()) {  // a forced scale other than 1
+    ASSIGN_OR_RETURN(torch::Tensor samples, Sample(teacher_, 1.0));
+    ASSIGN_OR_RETURN(unguided, Adherence(samples));
+  }
+  teacher_adherence_unguided_ = *unguided;
+  const double sample_seconds = Seconds(t0);
+  // What --rows-only runs compare their students with (PSNR).
+  RETURN_IF_ERROR(WriteTensors(
+      (fs::path(f_.out) / "teacher_samples.safetensors").string(), saved,
+      {{"format", "lpd quality study teacher samples"},
+       {"chosen", SamplesKey(guidance_)},
+       {"samples", absl::StrCat(f_.samples)},
+       {"ddim_steps", absl::StrCat(f_.ddim_steps)},
+       {"data_seed", absl::StrCat(f_.data_seed)}}));
+  RETURN_IF_ERROR(
+      WriteGrid(fs::path(f_.out) / "teacher_samples.ppm", teacher_samples_));
+  RETURN_IF_ERROR(WriteGrid(fs::path(f_.out) / "real_samples.ppm",
+                            heldout_.latents.narrow(0, 0, f_.samples)));
   const bool passed = teacher_adherence_.attribute_accuracy >= threshold;
-  Log("teacher gate: guided (g=%.1f) adherence %.3f attributes / %.3f exact, "
+  Log("teacher gate: %s g=%g: adherence %.3f attributes / %.3f exact, "
       "unguided %.3f / %.3f; chance %.3f, real images %.3f, threshold %.3f: "
       "%s",
-      f_.guidance, teacher_adherence_.attribute_accuracy,
-      teacher_adherence_.exact_rate,
+      f_.forced_guidance.has_value() ? "forced" : "best", guidance_,
+      teacher_adherence_.attribute_accuracy, teacher_adherence_.exact_rate,
       teacher_adherence_unguided_.attribute_accuracy,
       teacher_adherence_unguided_.exact_rate, chance, ceiling, threshold,
       passed ? "PASSED" : "FAILED");
@@ -724,7 +1048,10 @@ absl::Status Study::GateTeacher() {
     prompts.push_back(PromptText(std::vector<int64_t>(
         t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + kShapesSeqLen)));
   }
-  study_["gate"] = {{"guidance", f_.guidance},
+  study_["gate"] = {{"guidance", guidance_},
+                    {"guidance_forced", f_.forced_guidance.has_value()},
+                    {"guidance_scales", f_.guidance_scales},
+                    {"sweep", sweep},
                     {"ddim_steps", f_.ddim_steps},
                     {"samples", f_.samples},
                     {"teacher_adherence", AdherenceToJson(teacher_adherence_)},
@@ -736,8 +1063,110 @@ absl::Status Study::GateTeacher() {
                     {"threshold", threshold},
                     {"passed", passed},
                     {"sampling_seconds", sample_seconds},
+                    {"teacher_samples", "teacher_samples.safetensors"},
                     {"grid_prompts", prompts}};
   timings_["gate"] = Seconds(t0);
+  return absl::OkStatus();
+}
+
+absl::Status Study::LoadGate() {
+  const auto t0 = Clock::now();
+  const fs::path path = fs::path(f_.out) / "study.json";
+  ASSIGN_OR_RETURN(std::string text, ReadText(path));
+  const json study = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (study.is_discarded() || !study.contains("gate") ||
+      !study["gate"].contains("sweep") || !study.contains("data")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path.string(),
+        ": no gate with a guidance sweep; run a --gate-only run on this "
+        "--out first"));
+  }
+  const json& gate = study["gate"];
+  const json& data = study["data"];
+  // The rows must see the gate's data, prompts and noise.
+  auto same = [&](const json& j, const char* key, int64_t value,
+                  const char* flag) -> absl::Status {
+    if (!j.contains(key) || j[key].get<int64_t>() != value) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path.string(), " was written with --", flag, " ",
+                       j.contains(key) ? j[key].dump() : "(absent)",
+                       ", this run has ", value));
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(
+      same(data, "train_samples", f_.train_samples, "train-samples"));
+  RETURN_IF_ERROR(
+      same(data, "heldout_samples", f_.heldout_samples, "heldout-samples"));
+  RETURN_IF_ERROR(
+      same(data, "seed", static_cast<int64_t>(f_.data_seed), "data-seed"));
+  RETURN_IF_ERROR(same(data, "image_size", f_.image_size, "image-size"));
+  RETURN_IF_ERROR(same(gate, "samples", f_.samples, "samples"));
+  RETURN_IF_ERROR(same(gate, "ddim_steps", f_.ddim_steps, "ddim-steps"));
+  if (!gate.value("passed", false) && !f_.allow_failed_gate) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the teacher failed the adherence gate (see ", path.string(),
+        "); pass --allow-failed-gate to run the rows anyway"));
+  }
+  guidance_ = f_.forced_guidance.value_or(gate["guidance"].get<double>());
+  json gate_adherence;
+  for (const json& entry : gate["sweep"]) {
+    if (entry["guidance"].get<double>() == guidance_) {
+      gate_adherence = entry["adherence"];
+    }
+  }
+  const fs::path samples_path =
+      fs::path(f_.out) / "teacher_samples.safetensors";
+  ASSIGN_OR_RETURN(auto samples, ReadAllTensors(samples_path.string(), device_,
+                                                torch::kFloat32));
+  auto found = samples.find(SamplesKey(guidance_));
+  if (found == samples.end() || gate_adherence.is_null()) {
+    std::vector<std::string> have;
+    for (const auto& [name, t] : samples) have.push_back(name);
+    return absl::InvalidArgumentError(absl::StrCat(
+        samples_path.string(), " has no teacher samples at guidance ",
+        guidance_, " (it has ", absl::StrJoin(have, ", "),
+        "); rerun the gate with that scale in --guidance-scales"));
+  }
+  if (found->second.sizes() != sample_noise_.sizes()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        samples_path.string(), ": the samples' shape differs from this run's"));
+  }
+  teacher_samples_ = found->second;
+  // Re-read with this run's classifier: the rows are compared with this.
+  ASSIGN_OR_RETURN(teacher_adherence_, Adherence(teacher_samples_));
+  const double recorded = gate_adherence["attribute_accuracy"];
+  Log("gate (from %s): guidance %g (%s), teacher adherence %.3f attributes "
+      "(the gate run read %.3f)",
+      path.string(), guidance_,
+      f_.forced_guidance.has_value() ? "--guidance-scale" : "the gate's choice",
+      teacher_adherence_.attribute_accuracy, recorded);
+  if (std::abs(recorded - teacher_adherence_.attribute_accuracy) > 1e-9) {
+    Log("warning: the teacher samples read differently than in the gate run "
+        "(a few near-ties may flip on a GPU; a large gap means another "
+        "classifier or other samples)");
+  }
+  run_["study"] = path.string();
+  run_["gate_passed"] = gate.value("passed", false);
+  run_["guidance"] = guidance_;
+  run_["guidance_source"] =
+      f_.forced_guidance.has_value() ? "--guidance-scale" : "gate";
+  run_["teacher_samples"] = samples_path.string();
+  run_["teacher_adherence"] = AdherenceToJson(teacher_adherence_);
+  run_["gate_teacher_adherence"] = gate_adherence;
+  timings_["gate_load"] = Seconds(t0);
+  return absl::OkStatus();
+}
+
+absl::Status Study::MakeUnits() {
+  unit_ids_ =
+      ScorableUnitIds(*teacher_, {UnitKind::kResnet, UnitKind::kAttention});
+  ASSIGN_OR_RETURN(handcrafted_, HandcraftedSelection(*teacher_, 0.3));
+  ratio_h_ = handcrafted_.achieved_ratio;
+  Log("units: %d scorable (resnet + attention); BK-SDM-Base rule removes %d "
+      "units, R_h = %.4f of %d parameters",
+      unit_ids_.size(), handcrafted_.removed.size(), ratio_h_,
+      handcrafted_.total_params);
   return absl::OkStatus();
 }
 
@@ -756,14 +1185,6 @@ absl::Status Study::MakeEvaluationSets() {
             schedule_, BatchSeed(f_.data_seed ^ kEvalStream, b), o));
     eval_batches_.push_back(batch);
   }
-  unit_ids_ =
-      ScorableUnitIds(*teacher_, {UnitKind::kResnet, UnitKind::kAttention});
-  ASSIGN_OR_RETURN(handcrafted_, HandcraftedSelection(*teacher_, 0.3));
-  ratio_h_ = handcrafted_.achieved_ratio;
-  Log("units: %d scorable (resnet + attention); BK-SDM-Base rule removes %d "
-      "units, R_h = %.4f of %d parameters",
-      unit_ids_.size(), handcrafted_.removed.size(), ratio_h_,
-      handcrafted_.total_params);
   return absl::OkStatus();
 }
 
@@ -928,8 +1349,11 @@ absl::Status Study::RunRow(const Row& row, int64_t seed) {
   ASSIGN_OR_RETURN(EvaluationReport eval,
                    Evaluate(*teacher_, *student, eval_batches_, eo));
   report["evaluation"] = ReportToJson(eval);
-  ASSIGN_OR_RETURN(torch::Tensor samples, Sample(student, f_.guidance));
+  ASSIGN_OR_RETURN(torch::Tensor samples, Sample(student, guidance_));
   ASSIGN_OR_RETURN(AdherenceScore adherence, Adherence(samples));
+  report["sampling"] = {{"guidance", guidance_},
+                        {"ddim_steps", f_.ddim_steps},
+                        {"samples", f_.samples}};
   report["adherence"] = AdherenceToJson(adherence);
   report["teacher_adherence"] = AdherenceToJson(teacher_adherence_);
   torch::Tensor psnr;
@@ -1033,10 +1457,46 @@ absl::Status Study::WriteStudy(bool gate_passed) {
                        {"precision", f_.distill_precision}};
   study_["evaluation"] = {{"eval_samples", f_.eval_samples},
                           {"calibration_samples", f_.calibration_samples}};
+  study_["mode"] = f_.gate_only ? "gate-only" : "full";
   study_["gate_passed"] = gate_passed;
   study_["timings_seconds"] = timings_;
   study_["total_seconds"] = Seconds(g_start);
   return WriteText(fs::path(f_.out) / "study.json", study_.dump(2) + "\n");
+}
+
+absl::Status Study::WriteRunSummary() {
+  run_["run_name"] = f_.run_name;
+  run_["device"] = device_.str();
+  run_["pid"] = static_cast<int64_t>(::getpid());
+  run_["teacher"] = study_["teacher"];
+  run_["rows"] = rows_done_;
+  run_["timings_seconds"] = timings_;
+  run_["total_seconds"] = Seconds(g_start);
+  return WriteText(
+      fs::path(f_.out) / "runs" / absl::StrCat(f_.run_name, ".json"),
+      run_.dump(2) + "\n");
+}
+
+absl::Status Study::RunRows() {
+  ASSIGN_OR_RETURN(auto work, WorkList(f_));
+  const auto rows_start = Clock::now();
+  const int64_t total = static_cast<int64_t>(work.size());
+  for (int64_t done = 0; done < total;) {
+    const auto& [row, seed] = work[done];
+    const auto t0 = Clock::now();
+    RETURN_IF_ERROR(RunRow(row, seed));
+    rows_done_.push_back(
+        {{"row", row.id}, {"seed", seed}, {"seconds", Seconds(t0)}});
+    ++done;
+    timings_["rows"] = Seconds(rows_start);
+    if (f_.rows_only) RETURN_IF_ERROR(WriteRunSummary());
+    const double per_row = Seconds(rows_start) / done;
+    if (done == 1 || done % 5 == 0 || done == total) {
+      Log("rows: %d/%d done, %.1fs per row, ~%.0fs left", done, total, per_row,
+          per_row * (total - done));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Study::Run() {
@@ -1044,6 +1504,19 @@ absl::Status Study::Run() {
   RETURN_IF_ERROR(MakeData());
   RETURN_IF_ERROR(MakeTeacher());
   RETURN_IF_ERROR(MakeClassifier());
+  RETURN_IF_ERROR(PrepareSampling());
+  if (f_.rows_only) {
+    // Everything shared comes from the gate run; this run writes only its
+    // rows' folders and OUT/runs/<run-name>.json.
+    RETURN_IF_ERROR(LoadGate());
+    RETURN_IF_ERROR(MakeUnits());
+    RETURN_IF_ERROR(MakeEvaluationSets());
+    RETURN_IF_ERROR(RunRows());
+    RETURN_IF_ERROR(WriteRunSummary());
+    Log("done: %d reports under %s (summary runs/%s.json)", rows_done_.size(),
+        f_.out, f_.run_name);
+    return absl::OkStatus();
+  }
   RETURN_IF_ERROR(GateTeacher());
   const bool passed = study_["gate"]["passed"];
   if (!passed && !f_.allow_failed_gate) {
@@ -1052,44 +1525,19 @@ absl::Status Study::Run() {
         "the teacher failed the adherence gate (see study.json); train it "
         "longer or pass --allow-failed-gate");
   }
-  if (f_.stop_after_gate) {
-    RETURN_IF_ERROR(WriteStudy(passed));
-    Log("stopping after the gate (--stop-after-gate)");
+  RETURN_IF_ERROR(MakeUnits());
+  RETURN_IF_ERROR(MeasureAdditivityPoints());
+  RETURN_IF_ERROR(WriteStudy(passed));
+  if (f_.gate_only) {
+    Log("gate run done (--gate-only): the rows follow with --rows-only on "
+        "this --out");
     return absl::OkStatus();
   }
   RETURN_IF_ERROR(MakeEvaluationSets());
-  std::vector<Row> rows;
-  std::set<std::string> wanted;
-  if (!f_.rows.empty()) {
-    for (absl::string_view r : absl::StrSplit(f_.rows, ',')) {
-      if (!r.empty()) wanted.insert(std::string(r));
-    }
-  }
-  for (const Row& row : AllRows()) {
-    if (wanted.empty() || wanted.erase(row.id) > 0) rows.push_back(row);
-  }
-  if (!wanted.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--rows: unknown row ", *wanted.begin()));
-  }
-  const auto rows_start = Clock::now();
-  int64_t done = 0;
-  const int64_t total = static_cast<int64_t>(rows.size()) * f_.seeds;
-  for (int64_t seed = f_.first_seed; seed < f_.first_seed + f_.seeds; ++seed) {
-    for (const Row& row : rows) {
-      RETURN_IF_ERROR(RunRow(row, seed));
-      ++done;
-      const double per_row = Seconds(rows_start) / done;
-      if (done == 1 || done % 5 == 0) {
-        Log("rows: %d/%d done, %.1fs per row, ~%.0fs left", done, total,
-            per_row, per_row * (total - done));
-      }
-    }
-  }
-  timings_["rows"] = Seconds(rows_start);
-  RETURN_IF_ERROR(MeasureAdditivityPoints());
+  RETURN_IF_ERROR(RunRows());
+  study_["rows"] = rows_done_;
   RETURN_IF_ERROR(WriteStudy(passed));
-  Log("done: %d reports under %s", total, f_.out);
+  Log("done: %d reports under %s", rows_done_.size(), f_.out);
   return absl::OkStatus();
 }
 
@@ -1101,6 +1549,11 @@ int main(int argc, char** argv) {
   if (!flags.ok()) {
     std::fprintf(stderr, "%s\n\nflags:\n%s", flags.status().ToString().c_str(),
                  lpd::CliArgs::Usage(FlagSpecs()).c_str());
+    return 2;
+  }
+  // Bad row names fail now, not after the teacher's training.
+  if (auto work = WorkList(*flags); !work.ok()) {
+    std::fprintf(stderr, "%s\n", work.status().ToString().c_str());
     return 2;
   }
   Study study(*flags);

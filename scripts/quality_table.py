@@ -2,8 +2,10 @@
 """Tables and a plot from the quality study's output (bench/quality_study).
 
 Reads DIR/study.json, DIR/<row>/seed-<s>/report.json and DIR/additivity.*
-(as bench/quality_study writes them) and prints a markdown report: the
-teacher and classifier, then one line per row with the mean ± sample
+(as bench/quality_study writes them, in one run or split into a --gate-only
+run and --rows-only runs; DIR/runs/ and DIR/logs/ are not read) and prints a
+markdown report: the teacher and classifier, the gate's guidance sweep, then
+one line per row with the mean ± sample
 standard deviation over seeds of each metric and its decline relative to the
 teacher, then the additivity correlations. With --svg PATH it also writes a
 scatter plot of the additivity points (predicted vs measured output loss),
@@ -113,22 +115,55 @@ def table(root):
                 f"{chance['attribute_accuracy']:.3f}, {chance['exact_rate']:.3f}")
         ta = gate.get("teacher_adherence", {})
         tu = gate.get("teacher_adherence_unguided", {})
-        if ta:
+        sweep = gate.get("sweep", [])
+        if len(sweep) > 1:
             out.append(
-                f"- teacher DDIM samples (guidance {gate.get('guidance')}, "
-                f"{gate.get('ddim_steps')} steps, {gate.get('samples')} "
+                f"- guidance sweep of the teacher ({gate.get('ddim_steps')} "
+                f"DDIM steps, {gate.get('samples')} prompts, same noise), "
+                f"attributes / exact: " + ", ".join(
+                    f"g={e['guidance']:g}: "
+                    f"{e['adherence']['attribute_accuracy']:.3f} / "
+                    f"{e['adherence']['exact_rate']:.3f}" for e in sweep)
+                + f"; threshold {gate.get('threshold', float('nan')):.3f}")
+        if ta:
+            chosen = ("forced" if gate.get("guidance_forced")
+                      else "best of the sweep" if len(sweep) > 1 else None)
+            out.append(
+                f"- teacher DDIM samples (guidance {gate.get('guidance'):g}"
+                + (f", {chosen}" if chosen else "")
+                + f", {gate.get('ddim_steps')} steps, {gate.get('samples')} "
                 f"prompts): {ta['attribute_accuracy']:.3f} attributes, "
                 f"{ta['exact_rate']:.3f} exact"
                 + (f"; unguided {tu['attribute_accuracy']:.3f}, "
                    f"{tu['exact_rate']:.3f}" if tu else "")
                 + f"; gate {'passed' if gate.get('passed') else 'FAILED'}")
+        # The budget the rows ran with (their reports), else study.json's.
+        budgets = sorted({
+            (metric(r, "distill", "steps"), metric(r, "distill", "batch"),
+             metric(r, "distill", "learning_rate"),
+             metric(r, "distill", "precision"))
+            for reports in rows.values() for r in reports}, key=str)
         distill = study.get("distill", {})
-        if distill:
+        if not budgets and distill:
+            budgets = [(distill.get("steps"), distill.get("batch"),
+                        distill.get("learning_rate"),
+                        distill.get("precision"))]
+        if budgets:
             out.append(
-                f"- distillation budget per row: {distill.get('steps')} steps "
-                f"of batch {distill.get('batch')}, lr "
-                f"{distill.get('learning_rate')}, {distill.get('precision')}; "
-                f"seeds: {study.get('seeds')}")
+                "- distillation budget per row: "
+                + ("MIXED: " if len(budgets) > 1 else "")
+                + "; ".join(f"{b[0]} steps of batch {b[1]}, lr {b[2]}, {b[3]}"
+                            for b in budgets)
+                + f"; seeds: {study.get('seeds')}")
+        scales = sorted({metric(r, "sampling", "guidance")
+                         for reports in rows.values() for r in reports
+                         if metric(r, "sampling", "guidance") is not None})
+        if len(scales) > 1 or (scales and gate.get("guidance") is not None
+                               and scales[0] != gate.get("guidance")):
+            out.append(
+                "- WARNING: the rows sampled at guidance "
+                + ", ".join(f"{g:g}" for g in scales)
+                + f", the gate chose {gate.get('guidance')}")
         out.append("")
 
     out.append("## Rows (mean ± sample std over seeds)\n")

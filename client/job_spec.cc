@@ -637,6 +637,19 @@ void CheckJob(const CompressionJob& job, std::vector<Problem>* problems) {
               "weights are fp32 already");
   }
   check.AtLeast("spec.distill.checkpoint_every", distill.checkpoint_every(), 1);
+  if (distill.gpus() < 1 || distill.gpus() > kMaxDistillGpus) {
+    check.Add("spec.distill.gpus",
+              absl::StrCat("must be in [1, ", kMaxDistillGpus, "], got ",
+                           distill.gpus()));
+  } else if (distill.batch_size() >= 1 &&
+             distill.batch_size() % distill.gpus() != 0) {
+    check.Add("spec.distill.batch_size",
+              absl::StrCat("must be a multiple of spec.distill.gpus (",
+                           distill.gpus(),
+                           "): each rank takes an equal "
+                           "share of the batch, got ",
+                           distill.batch_size()));
+  }
 
   const bool output_ok = check.Uri("spec.output.uri", spec.output().uri());
   if (output_ok) {
@@ -1136,7 +1149,7 @@ class SpecReader {
     if (!Mapping(entry, "spec.distill",
                  {"steps", "batch_size", "learning_rate", "weight_decay",
                   "grad_clip_norm", "warmup_steps", "loss", "precision",
-                  "master_weights_fp32", "checkpoint_every"},
+                  "master_weights_fp32", "checkpoint_every", "gpus"},
                  &entries)) {
       return;
     }
@@ -1186,6 +1199,9 @@ class SpecReader {
       if (auto n = Int32(*e, "spec.distill.checkpoint_every")) {
         distill->set_checkpoint_every(*n);
       }
+    }
+    if (const Entry* e = Find(entries, "gpus")) {
+      if (auto n = Int32(*e, "spec.distill.gpus")) distill->set_gpus(*n);
     }
   }
 
@@ -1345,6 +1361,7 @@ void ApplyDefaults(CompressionJob* job) {
   if (!distill->has_checkpoint_every()) {
     distill->set_checkpoint_every(d.checkpoint_every);
   }
+  if (!distill->has_gpus()) distill->set_gpus(d.gpus);
   DistillLoss* loss = distill->mutable_loss();
   if (!loss->has_task()) loss->set_task(d.loss_task);
   if (!loss->has_output_kd()) loss->set_output_kd(d.loss_output_kd);
@@ -1497,6 +1514,7 @@ std::string JobSpecToYaml(const CompressionJob& input) {
   w.Field(2, "precision", YamlEnum(distill.precision()));
   w.Field(2, "master_weights_fp32", distill.master_weights_fp32());
   w.Field(2, "checkpoint_every", int64_t{distill.checkpoint_every()});
+  w.Field(2, "gpus", int64_t{distill.gpus()});
   w.Open(1, "output");
   w.Field(2, "uri", YamlString(spec.output().uri()));
   w.Field(1, "seed", uint64_t{spec.seed()});

@@ -71,6 +71,7 @@ struct JobSpecDefaults {
   double grad_clip_norm = 1.0;
   int32_t warmup_steps = 0;
   int32_t checkpoint_every = 500;
+  int32_t gpus = 1;
   // spec.distill.loss
   double loss_task = 1.0;
   double loss_output_kd = 1.0;
@@ -78,6 +79,8 @@ struct JobSpecDefaults {
   bool normalize_features = true;
 };
 inline constexpr JobSpecDefaults kJobSpecDefaults{};
+// The largest spec.distill.gpus accepted.
+inline constexpr int32_t kMaxDistillGpus = 64;
 
 // Parses one YAML document into a job, fills in the defaults and validates
 // it. `source` names the input in messages (a file path, "<stdin>"; empty:

@@ -300,7 +300,7 @@ TEST(JobSpecTest, UnknownFieldFarFromAnyNameListsTheKnownFields) {
             "job.yaml:12:5: spec.distill.epochs: unknown field; known "
             "fields: steps, batch_size, learning_rate, weight_decay, "
             "grad_clip_norm, warmup_steps, loss, precision, "
-            "master_weights_fp32, checkpoint_every");
+            "master_weights_fp32, checkpoint_every, gpus");
 }
 
 TEST(JobSpecTest, WrongTypeNamesPathPositionAndValue) {
@@ -320,7 +320,7 @@ TEST(JobSpecTest, ScalarWhereMappingExpectedIsRejected) {
             "job.yaml:11:12: spec.distill: expected a mapping with steps, "
             "batch_size, learning_rate, weight_decay, grad_clip_norm, "
             "warmup_steps, loss, precision, master_weights_fp32, "
-            "checkpoint_every; got \"fast\"");
+            "checkpoint_every, gpus; got \"fast\"");
 }
 
 TEST(JobSpecTest, FractionalIntegerIsRejected) {
@@ -465,6 +465,14 @@ INSTANTIATE_TEST_SUITE_P(
                   Job("  distill:\n    checkpoint_every: 0\n"),
                   "job.yaml:12:23: spec.distill.checkpoint_every: must be >= "
                   "1, got 0"},
+        RangeCase{"ZeroGpus", Job("  distill:\n    gpus: 0\n"),
+                  "job.yaml:12:11: spec.distill.gpus: must be in [1, 64], "
+                  "got 0"},
+        RangeCase{"BatchNotAMultipleOfGpus",
+                  Job("  distill:\n    batch_size: 6\n    gpus: 4\n"),
+                  "job.yaml:12:17: spec.distill.batch_size: must be a "
+                  "multiple of spec.distill.gpus (4): each rank takes an "
+                  "equal share of the batch, got 6"},
         RangeCase{"WarmupLongerThanTraining",
                   Job("  distill:\n    steps: 10\n    warmup_steps: 20\n"),
                   "job.yaml:13:19: spec.distill.warmup_steps: must be <= "
@@ -659,6 +667,7 @@ spec:
     precision: auto
     master_weights_fp32: false
     checkpoint_every: 500
+    gpus: 1
   output:
     uri: file:///out/tiny/
   seed: 0

@@ -418,6 +418,42 @@ TEST(DataParallelDistillTest, CheckpointsResumeWithOtherRankCounts) {
   EXPECT_EQ(**step, kSteps);  // written once, by rank 0
 }
 
+// A stop asked of one rank only (a SIGTERM that reached one process) stops
+// every rank at the same step, after one checkpoint of that step, and no
+// rank waits in a collective.
+TEST(DataParallelDistillTest, StopOnOneRankStopsAllAtOneStepWithCheckpoint) {
+  if (!HaveGloo()) GTEST_SKIP() << "built without gloo";
+  TempFolder folder, store_dir;
+  auto store = storage::LocalObjectStore::Create(store_dir.path());
+  ASSERT_TRUE(store.ok()) << store.status();
+  std::vector<absl::Status> statuses(2);
+  std::vector<int64_t> steps(2, -1);
+  RunRanks(2, NewRendezvous(folder), [&](int rank, DataParallelGroup* group) {
+    auto trainer =
+        DistillTrainer::Create(LoadTeacher(), Removed(), Options(group));
+    ASSERT_TRUE(trainer.ok()) << trainer.status();
+    statuses[rank] = (*trainer)->Train(
+        10, Source(4, 11),
+        [&](const StepReport& r) {
+          return rank == 1 && r.step == 1
+                     ? absl::CancelledError("rank 1 asked to stop")
+                     : absl::OkStatus();
+        },
+        CheckpointTarget{store->get(), "job/", 0});
+    steps[rank] = (*trainer)->step();
+  });
+  EXPECT_EQ(steps[0], 2);
+  EXPECT_EQ(steps[1], 2);
+  EXPECT_EQ(statuses[1].code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(statuses[1].message(), "rank 1 asked to stop");
+  EXPECT_EQ(statuses[0].code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(statuses[0].message(),
+              HasSubstr("another data-parallel rank stopped at step 2"));
+  auto latest = storage::ReadLatestCheckpoint(**store, "job/");
+  ASSERT_TRUE(latest.ok() && latest->has_value()) << latest.status();
+  EXPECT_EQ(**latest, 2);
+}
+
 TEST(DataParallelDistillTest, BatchNotDivisibleByRanks) {
   if (!HaveGloo()) GTEST_SKIP() << "built without gloo";
   EXPECT_THAT(CheckDataParallelBatch(6, 4).message(),

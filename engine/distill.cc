@@ -764,7 +764,22 @@ absl::Status DistillTrainer::Train(int64_t end_step, const BatchSource& batches,
     report.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
             .count();
-    if (progress) RETURN_IF_ERROR(progress(report));
+    const absl::Status asked = progress ? progress(report) : absl::OkStatus();
+    if (distributed()) {
+      ASSIGN_OR_RETURN(const bool stop, AnyRankStops(!asked.ok()));
+      if (stop) {
+        if (checkpoints.store != nullptr) {
+          RETURN_IF_ERROR(
+              SaveCheckpoint(*checkpoints.store, checkpoints.prefix));
+        }
+        if (!asked.ok()) return asked;
+        return absl::CancelledError(absl::StrCat(
+            "distillation: another data-parallel rank stopped at step ",
+            step_));
+      }
+    } else if (!asked.ok()) {
+      return asked;
+    }
     if (checkpoints.store != nullptr && checkpoints.every_steps > 0 &&
         step_ % checkpoints.every_steps == 0) {
       RETURN_IF_ERROR(SaveCheckpoint(*checkpoints.store, checkpoints.prefix));
@@ -775,6 +790,21 @@ absl::Status DistillTrainer::Train(int64_t end_step, const BatchSource& batches,
     RETURN_IF_ERROR(SaveCheckpoint(*checkpoints.store, checkpoints.prefix));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<bool> DistillTrainer::AnyRankStops(bool stop) {
+  DataParallelGroup& group = *options_.data_parallel;
+  std::vector<torch::Tensor> flag;
+  RETURN_IF_ERROR(GuardTorch("stop agreement", [&]() -> absl::Status {
+    flag.push_back(torch::full(
+        {1}, stop ? 1.0 : 0.0,
+        torch::TensorOptions().dtype(torch::kFloat32).device(group.device())));
+    return absl::OkStatus();
+  }));
+  RETURN_IF_ERROR(group.AllReduceSum(flag));
+  return GuardTorch("stop agreement", [&]() -> absl::StatusOr<bool> {
+    return flag[0].to(torch::kCPU).item<float>() > 0;
+  });
 }
 
 absl::Status DistillTrainer::SaveCheckpoint(storage::ObjectStore& store,

@@ -204,7 +204,14 @@ class DistillTrainer {
   absl::StatusOr<StepReport> Step(const TrainingBatch& batch);
 
   // Steps from step() until `end_step` with batches(step), reporting each
-  // step, writing checkpoints as `checkpoints` says.
+  // step, writing checkpoints as `checkpoints` says. A progress callback's
+  // non-OK status stops training with that status. Data-parallel, the ranks
+  // agree after every step whether any rank's callback asked to stop (one
+  // small all-reduce): if one did, all stop at that same step, write its
+  // checkpoint together (when `checkpoints` names a store) and return: the
+  // ranks that asked with their own status, the others Cancelled. So a stop
+  // asked of any subset of the ranks never leaves one waiting in a
+  // collective.
   absl::Status Train(int64_t end_step, const BatchSource& batches,
                      const ProgressCallback& progress = nullptr,
                      const CheckpointTarget& checkpoints = {});
@@ -258,6 +265,8 @@ class DistillTrainer {
   // Makes every rank hold rank 0's weights and AdamW state, after checking
   // that all are at the same step and hold the same teacher.
   absl::Status SyncReplicas(bool check_teacher);
+  // Data-parallel: whether any rank passes stop = true (a collective).
+  absl::StatusOr<bool> AnyRankStops(bool stop);
   absl::Status WriteCheckpoint(storage::ObjectStore& store,
                                absl::string_view prefix);
   absl::StatusOr<std::optional<int64_t>> ResumeLocal(

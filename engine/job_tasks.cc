@@ -169,7 +169,13 @@ struct Job {
   DatasetSplit split;
   NoiseSchedule schedule = NoiseSchedule::ScaledLinear();
 
+  // Data-parallel DISTILL: the group (null: one process) and this rank.
+  std::unique_ptr<DataParallelGroup> group;
+  int rank = 0;
+
+  // Rank 0 alone logs.
   void Log(const std::string& line) const {
+    if (rank != 0) return;
     if (ctx.log) {
       ctx.log(line);
     } else {
@@ -219,6 +225,19 @@ absl::Status Prepare(Job& job, bool need_data) {
     }
   }
   ASSIGN_OR_RETURN(job.device, ParseTorchDevice(device_name));
+  if (job.ctx.data_parallel.has_value() &&
+      job.ctx.data_parallel->world_size > 1) {
+    job.rank = job.ctx.data_parallel->rank;
+    job.device = DataParallelDevice(*job.ctx.data_parallel, job.device);
+    if (job.device.is_cuda() &&
+        job.device.index() >= static_cast<int>(torch::cuda::device_count())) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "data-parallel rank ", job.rank, " of ",
+          job.ctx.data_parallel->world_size, " needs ", job.device.str(),
+          ", but this machine has ", torch::cuda::device_count(),
+          " GPU(s) (spec.distill.gpus asks for one GPU per rank)"));
+    }
+  }
   const bool bf16 =
       spec.distill().precision() == lpd::v1::PRECISION_BF16 ||
       (spec.distill().precision() == lpd::v1::PRECISION_UNSPECIFIED &&
@@ -378,6 +397,7 @@ DistillTrainerOptions TrainerOptions(const Job& job) {
   options.precision = job.precision;
   options.device = job.device;
   options.seed = job.spec.spec().seed();
+  options.data_parallel = job.group.get();
   return options;
 }
 
@@ -616,7 +636,38 @@ absl::StatusOr<nlohmann::json> Distill(Job& job) {
   const auto& d = spec.distill();
   RETURN_IF_ERROR(Prepare(job, /*need_data=*/true));
   ASSIGN_OR_RETURN(selection::Plan plan, ReadPlan(job));
-  RETURN_IF_ERROR(CheckAdditivity(job, plan));
+  const bool data_parallel = job.ctx.data_parallel.has_value() &&
+                             job.ctx.data_parallel->world_size > 1;
+  if (data_parallel) {
+    RETURN_IF_ERROR(CheckDataParallelBatch(d.batch_size(),
+                                           job.ctx.data_parallel->world_size));
+    ASSIGN_OR_RETURN(job.group, DataParallelGroup::Create(
+                                    *job.ctx.data_parallel, job.device));
+    job.Log(absl::StrFormat(
+        "DISTILL: data-parallel over %d ranks (%s), %d samples per rank and "
+        "step",
+        job.group->world_size(), job.group->backend(),
+        d.batch_size() / job.group->world_size()));
+  }
+  if (job.rank == 0) {
+    const absl::Status additivity = CheckAdditivity(job, plan);
+    // The others wait for it (and learn how it went) before training.
+    if (data_parallel) {
+      std::vector<torch::Tensor> failed = {torch::full(
+          {1}, additivity.ok() ? 0.0 : 1.0,
+          torch::TensorOptions().dtype(torch::kFloat32).device(job.device))};
+      RETURN_IF_ERROR(job.group->AllReduceSum(failed));
+    }
+    RETURN_IF_ERROR(additivity);
+  } else {
+    std::vector<torch::Tensor> failed = {torch::zeros(
+        {1}, torch::TensorOptions().dtype(torch::kFloat32).device(job.device))};
+    RETURN_IF_ERROR(job.group->AllReduceSum(failed));
+    if (failed[0].to(torch::kCPU).item<float>() > 0) {
+      return absl::AbortedError(
+          "rank 0 failed to measure additivity (its error fails the task)");
+    }
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<DistillTrainer> trainer,
                    MakeTrainer(job, plan));
   const int64_t steps = d.steps();
@@ -631,7 +682,7 @@ absl::StatusOr<nlohmann::json> Distill(Job& job) {
   };
   if (steps == 0) {
     job.Log("DISTILL: skipped (steps: 0); the pruned teacher is the student");
-    RETURN_IF_ERROR(job.PutJson(kDistillObject, result()));
+    if (job.rank == 0) RETURN_IF_ERROR(job.PutJson(kDistillObject, result()));
     RETURN_IF_ERROR(job.Progress(1.0, "DISTILL: skipped (steps: 0)"));
     return result();
   }
@@ -645,7 +696,7 @@ absl::StatusOr<nlohmann::json> Distill(Job& job) {
   if (first >= steps) {
     job.Log(
         absl::StrFormat("DISTILL: %d of %d steps already done", first, steps));
-    RETURN_IF_ERROR(job.PutJson(kDistillObject, result()));
+    if (job.rank == 0) RETURN_IF_ERROR(job.PutJson(kDistillObject, result()));
     RETURN_IF_ERROR(job.Progress(1.0, "DISTILL: already done"));
     return result();
   }
@@ -719,7 +770,7 @@ absl::StatusOr<nlohmann::json> Distill(Job& job) {
   job.Log(absl::StrFormat("DISTILL: done, %d steps this run; checkpoint %s",
                           trainer->step() - first,
                           job.Uri(storage::CheckpointDir(trainer->step()))));
-  RETURN_IF_ERROR(job.PutJson(kDistillObject, result()));
+  if (job.rank == 0) RETURN_IF_ERROR(job.PutJson(kDistillObject, result()));
   return result();
 }
 

@@ -45,10 +45,12 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/data_parallel.h"
 #include "engine/evaluation.h"
 #include "lpd/v1/job_spec.pb.h"
 #include "nlohmann/json.hpp"
@@ -90,6 +92,15 @@ struct TaskContext {
   // output_loss jobs: random removal sets per set size measured for
   // additivity.json by DISTILL (4 sizes around the plan's; 0: no check).
   int additivity_sets_per_size = 8;
+  // DISTILL only: this process is one rank of a data-parallel group
+  // (engine/data_parallel.h; worker/data_parallel_launcher.h starts one
+  // process per rank). The device becomes the rank's own
+  // (DataParallelDevice: cuda:<local rank> for "cuda"/auto; the CPU stays
+  // the CPU); every rank reads the plan, the checkpoint and the data, rank 0
+  // alone measures additivity, logs and writes (checkpoints,
+  // additivity.json, distill.json). A stop asked of any rank stops all of
+  // them at one step, with a checkpoint. Unset or one rank: single-process.
+  std::optional<DataParallelOptions> data_parallel;
 };
 
 // SCORE shard `shard_index` of `shard_count` (round robin over the job's
@@ -107,9 +118,11 @@ absl::StatusOr<nlohmann::json> RunScoreTask(const lpd::v1::CompressionJob& job,
 // DISTILL: reads plan.json, runs the additivity check (see above), builds the
 // student, resumes from the newest complete checkpoint (checkpoints/LATEST)
 // and trains to spec.distill.steps with a checkpoint every
-// spec.distill.checkpoint_every steps and at the end. Writes and returns
-// distill.json: {"resumed_from": N or null, "final_step": M, "steps_run": K}.
-// steps 0: no training, no checkpoint ({"resumed_from": null,
+// spec.distill.checkpoint_every steps and at the end. In one process unless
+// ctx.data_parallel makes it one rank of several (spec.distill.gpus is for
+// the launcher: the run equals the single-process one to float rounding).
+// Writes and returns distill.json: {"resumed_from": N or null, "final_step": M,
+// "steps_run": K}. steps 0: no training, no checkpoint ({"resumed_from": null,
 // "final_step": 0, "steps_run": 0}).
 absl::StatusOr<nlohmann::json> RunDistillTask(
     const lpd::v1::CompressionJob& job, const TaskContext& ctx);

@@ -49,7 +49,9 @@ absl::StatusOr<PipelineResult> RunJob(const lpd::v1::CompressionJob& spec,
     }
     result.plan = *std::move(plan);
   }
-  ASSIGN_OR_RETURN(nlohmann::json distill, RunDistillTask(spec, ctx));
+  ASSIGN_OR_RETURN(nlohmann::json distill, options.run_distill
+                                               ? options.run_distill(spec, ctx)
+                                               : RunDistillTask(spec, ctx));
   if (distill["resumed_from"].is_number_integer()) {
     result.resumed_from = distill["resumed_from"].get<int64_t>();
   }

@@ -74,6 +74,13 @@ struct PipelineOptions {
   // output_loss jobs: random removal sets per set size measured for
   // additivity.json (4 sizes around the plan's; 0: no additivity check).
   int additivity_sets_per_size = 8;
+  // Runs DISTILL in place of RunDistillTask when set: lpd-worker's
+  // data-parallel launcher for spec.distill.gpus > 1. Unset, DISTILL runs in
+  // this process whatever spec.distill.gpus says (the result is the same,
+  // to float rounding, on one device).
+  std::function<absl::StatusOr<nlohmann::json>(const lpd::v1::CompressionJob&,
+                                               const TaskContext&)>
+      run_distill;
 };
 
 struct PipelineResult {

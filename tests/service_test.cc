@@ -52,6 +52,7 @@ struct JobOptions {
   int calibration_samples = 4;
   std::string criterion = "output_loss";
   std::string target_ratio = "0.3";
+  int gpus = 1;
 };
 
 JobOptions Named(const std::string& name, int steps = 8,
@@ -157,6 +158,7 @@ class ServiceTest : public lpd::testing::TempDirTest {
         "    precision: fp32\n"
         "    checkpoint_every: " +
         std::to_string(o.checkpoint_every) +
+        "\n    gpus: " + std::to_string(o.gpus) +
         "\n"
         "  output: {uri: \"file://" +
         output +
@@ -412,6 +414,42 @@ TEST_F(ServiceTest, WorkerStoppedBySigtermHandsItsTaskBackWithACheckpoint) {
   EXPECT_THAT(messages,
               HasSubstr("\"resumed_from\":" + std::to_string(stopped_at)))
       << messages;
+  EXPECT_THAT(messages, Not(HasSubstr("expired"))) << messages;
+}
+
+// spec.distill.gpus: 2 (two gloo processes on the CPU): the worker runs
+// DISTILL through its ranks; SIGTERM stops both at one step with a
+// checkpoint, and another worker's ranks go on from it.
+TEST_F(ServiceTest, DataParallelDistillStopsOnSigtermAndResumesElsewhere) {
+  StartScheduler();
+  StartWorker("w1");
+  JobOptions o = Named("dp", 100, 50);
+  o.gpus = 2;
+  const Job job = MustSubmit(o);
+  const std::string out = dir_ + "/out-dp";
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return workers_["w1"]->Log().find("DISTILL: step ") !=
+               std::string::npos;
+      },
+      180s))
+      << DescribeLogs();
+  EXPECT_THAT(workers_["w1"]->Log(),
+              HasSubstr("DISTILL: data-parallel over 2 ranks (gloo)"));
+  StartWorker("w2");
+  workers_["w1"]->Signal(SIGTERM);
+  EXPECT_EQ(workers_["w1"]->Wait(60s), 0) << workers_["w1"]->Log();
+  const int64_t stopped_at = LatestStep(out);
+  EXPECT_GT(stopped_at, 0) << workers_["w1"]->Log();
+  EXPECT_THAT(workers_["w1"]->Log(),
+              HasSubstr("stopping the data-parallel ranks"));
+  WaitForState(job.id(), lpd::v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(LatestStep(out), 100);
+  const std::string messages = JoinMessages(Events(job.id()));
+  EXPECT_THAT(messages,
+              HasSubstr("\"resumed_from\":" + std::to_string(stopped_at)))
+      << messages;
+  EXPECT_THAT(messages, HasSubstr("\"ranks\":2")) << messages;
   EXPECT_THAT(messages, Not(HasSubstr("expired"))) << messages;
 }
 

@@ -61,7 +61,8 @@ class WorkerRunTest : public lpd::testing::TempDirTest {
   // The job's YAML, written to dir_/job.yaml; `extra_prune` goes into
   // spec.prune.
   std::string WriteJob(const std::string& model_dir,
-                       const std::string& target_ratio = "0.3") {
+                       const std::string& target_ratio = "0.3", int gpus = 1,
+                       const std::string& out = "out") {
     const std::string yaml =
         "apiVersion: lpd/v1\n"
         "kind: CompressionJob\n"
@@ -89,12 +90,15 @@ class WorkerRunTest : public lpd::testing::TempDirTest {
         "    warmup_steps: 2\n"
         "    precision: fp32\n"
         "    checkpoint_every: 4\n"
+        "    gpus: " +
+        std::to_string(gpus) +
+        "\n"
         "  output: {uri: \"file://" +
-        dir_ +
-        "/out/\"}\n"
+        dir_ + "/" + out +
+        "/\"}\n"
         "  seed: 7\n"
         "  device: cpu\n";
-    const std::string path = dir_ + "/job.yaml";
+    const std::string path = dir_ + "/job-" + out + ".yaml";
     std::ofstream(path) << yaml;
     return path;
   }
@@ -184,6 +188,31 @@ TEST_F(WorkerRunTest, RunsTheWholeJobThenResumesItsCheckpoint) {
   EXPECT_EQ(ReadText(out + "/checkpoints/LATEST"),
             lpd::storage::CheckpointName(8));
   EXPECT_EQ(ReadJson(out + "/report.json")["distill"]["resumed_from"], 8);
+}
+
+// spec.distill.gpus: 2 on the CPU runs DISTILL as two gloo processes; the
+// result equals the one-process run on the same global batch.
+TEST_F(WorkerRunTest, DataParallelRunMatchesOneProcess) {
+  WriteDataset();
+  const CommandResult one = Run(WriteJob(model_, "0.3", 1, "out-1"));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  const CommandResult two = Run(WriteJob(model_, "0.3", 2, "out-2"));
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  EXPECT_THAT(two.output,
+              HasSubstr("DISTILL: data-parallel over 2 ranks (gloo), 1 "
+                        "samples per rank and step"));
+  EXPECT_THAT(two.output, HasSubstr("DISTILL: step 8/8 loss"));
+  EXPECT_THAT(one.output, Not(HasSubstr("data-parallel")));
+  const nlohmann::json a = ReadJson(dir_ + "/out-1/report.json");
+  const nlohmann::json b = ReadJson(dir_ + "/out-2/report.json");
+  const double ea = a["relative_error"].get<double>();
+  const double eb = b["relative_error"].get<double>();
+  EXPECT_GT(ea, 0);
+  EXPECT_NEAR(eb, ea, 1e-4 * ea);
+  EXPECT_EQ(a["parameters"]["student"], b["parameters"]["student"]);
+  EXPECT_EQ(ReadJson(dir_ + "/out-2/distill.json")["final_step"], 8);
+  EXPECT_EQ(ReadText(dir_ + "/out-2/checkpoints/LATEST"),
+            ReadText(dir_ + "/out-1/checkpoints/LATEST"));
 }
 
 TEST_F(WorkerRunTest, BadSpecExitsTwoNamingTheField) {

@@ -6,15 +6,21 @@
 //            → EXPORT) on this machine
 //   serve    the service worker: lease tasks from lpd-scheduler and run
 //            them (worker/worker_loop.h) until SIGTERM
+//   distill-rank  one rank of a data-parallel DISTILL (spec.distill.gpus >
+//            1), started by `run` and `serve` through
+//            worker/data_parallel_launcher.h, not by people
 #include <ATen/Parallel.h>
 
 #include <atomic>
 #include <cstdio>
+#include <fstream>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "client/job_spec.h"
@@ -31,6 +37,7 @@
 #include "nlohmann/json.hpp"
 #include "storage/object_store.h"
 #include "storage/s3_flags.h"
+#include "worker/data_parallel_launcher.h"
 #include "worker/worker_loop.h"
 
 namespace {
@@ -92,6 +99,23 @@ const std::vector<lpd::FlagSpec> kServeFlags = [] {
       {"name", false, false, "name shown by the scheduler (default host:pid)"},
       {"lease-wait-ms", false, false, "long-poll length (default 10000)"},
       {"max-tasks", false, false, "exit after N tasks (default: never)"},
+  };
+  for (const lpd::FlagSpec& spec : lpd::storage::S3FlagSpecs()) {
+    flags.push_back(spec);
+  }
+  return flags;
+}();
+
+// The distill-rank flags, then the --s3-* flags.
+const std::vector<lpd::FlagSpec> kDistillRankFlags = [] {
+  std::vector<lpd::FlagSpec> flags = {
+      {"job", true, false, "the job: a binary lpd.v1.CompressionJob file"},
+      {"rank", true, false, "this process's rank"},
+      {"world-size", true, false, "number of ranks"},
+      {"rendezvous", true, false, "file:///path or tcp://host:port"},
+      {"result", true, false, "JSON file this rank's result goes to"},
+      {"device", false, false, "cpu or cuda (default: the spec's device)"},
+      {"threads", false, false, "CPU threads (default: all cores)"},
   };
   for (const lpd::FlagSpec& spec : lpd::storage::S3FlagSpecs()) {
     flags.push_back(spec);
@@ -254,6 +278,134 @@ int RunSynthDatasetCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
+// How a data-parallel DISTILL's ranks get this process's --s3-* settings:
+// the endpoint, region and addressing as flags, credentials through their
+// AWS_* variables (never on a command line).
+void ForwardS3Flags(const lpd::CliArgs& flags,
+                    lpd::worker::DataParallelLaunchOptions& launch) {
+  for (const char* name : {"s3-endpoint", "s3-region", "s3-addressing"}) {
+    if (flags.Has(name)) {
+      launch.extra_args.push_back(absl::StrCat("--", name));
+      launch.extra_args.push_back(flags.Get(name));
+    }
+  }
+  const std::pair<const char*, const char*> secrets[] = {
+      {"s3-access-key-id", "AWS_ACCESS_KEY_ID"},
+      {"s3-secret-access-key", "AWS_SECRET_ACCESS_KEY"},
+      {"s3-session-token", "AWS_SESSION_TOKEN"}};
+  for (const auto& [flag, variable] : secrets) {
+    if (flags.Has(flag)) {
+      launch.extra_env.push_back(absl::StrCat(variable, "=", flags.Get(flag)));
+    }
+  }
+}
+
+// DISTILL: in this process, or over spec.distill.gpus child processes.
+absl::StatusOr<nlohmann::json> RunDistill(const lpd::v1::CompressionJob& job,
+                                          const lpd::engine::TaskContext& ctx,
+                                          const lpd::CliArgs& flags) {
+  const int ranks = job.spec().distill().gpus();
+  if (ranks <= 1) return lpd::engine::RunDistillTask(job, ctx);
+  lpd::worker::DataParallelLaunchOptions launch;
+  launch.world_size = ranks;
+  launch.device = ctx.device;
+  if (launch.device.empty()) {
+    launch.device = job.spec().device() == lpd::v1::DEVICE_CPU    ? "cpu"
+                    : job.spec().device() == lpd::v1::DEVICE_CUDA ? "cuda"
+                                                                  : "";
+  }
+  const int threads =
+      ctx.threads > 0 ? ctx.threads
+                      : static_cast<int>(std::thread::hardware_concurrency());
+  launch.threads_per_rank = std::max(1, threads / ranks);
+  launch.progress = ctx.progress;
+  launch.log = ctx.log;
+  ForwardS3Flags(flags, launch);
+  absl::StatusOr<std::string> result =
+      lpd::worker::RunDataParallelDistill(job, launch);
+  if (!result.ok()) {
+    // The ranks' statuses already name the phase.
+    const absl::string_view message = result.status().message();
+    return absl::StartsWith(message, "DISTILL:")
+               ? result.status()
+               : absl::Status(result.status().code(),
+                              absl::StrCat("DISTILL: ", message));
+  }
+  nlohmann::json json = nlohmann::json::parse(*result, nullptr, false);
+  if (json.is_discarded() || !json.is_object()) {
+    return absl::InternalError("DISTILL: rank 0's result is not JSON");
+  }
+  json["ranks"] = ranks;
+  return json;
+}
+
+// One rank of a data-parallel DISTILL. Writes its result file (also on
+// failure); exit 0 when it succeeded, 1 otherwise. SIGTERM or SIGINT asks
+// it (and so every rank) to stop at the next step, after a checkpoint.
+int DistillRankCommand(const std::vector<std::string>& args) {
+  static std::atomic<bool> stop{false};
+  lpd::HandleTerminationSignals([](int) { stop = true; });
+  auto flags = lpd::CliArgs::Parse(args, kDistillRankFlags);
+  if (!flags.ok()) {
+    PrintUsage();
+    return Fail(flags.status());
+  }
+  const std::string result_path = flags->Get("result");
+  auto finish = [&](const absl::StatusOr<std::string>& result) {
+    std::ofstream out(result_path);
+    out << lpd::worker::RankResultJson(result);
+    out.close();
+    if (!result.ok()) {
+      std::fprintf(stderr, "lpd-worker distill-rank %s: %s\n",
+                   flags->Get("rank").c_str(),
+                   result.status().ToString().c_str());
+    }
+    return result.ok() && out ? 0 : 1;
+  };
+  auto rank = flags->GetInt("rank", 0);
+  if (!rank.ok()) return finish(rank.status());
+  auto world = flags->GetInt("world-size", 0);
+  if (!world.ok()) return finish(world.status());
+  auto threads = flags->GetInt("threads", 0);
+  if (!threads.ok()) return finish(threads.status());
+  auto s3_config = lpd::storage::S3ConfigFromFlags(*flags);
+  if (!s3_config.ok()) return finish(s3_config.status());
+  lpd::storage::SetDefaultS3Config(*s3_config);
+  auto dp = lpd::engine::MakeDataParallelOptions(static_cast<int>(*rank),
+                                                 static_cast<int>(*world),
+                                                 flags->Get("rendezvous"));
+  if (!dp.ok()) return finish(dp.status());
+  lpd::v1::CompressionJob job;
+  {
+    std::ifstream in(flags->Get("job"), std::ios::binary);
+    if (!in || !job.ParseFromIstream(&in)) {
+      return finish(absl::InvalidArgumentError(
+          absl::StrCat("cannot read the job from ", flags->Get("job"))));
+    }
+  }
+  lpd::engine::TaskContext context;
+  context.device = flags->Get("device");
+  context.threads = static_cast<int>(*threads);
+  context.data_parallel = *dp;
+  const bool first = dp->rank == 0;
+  context.progress = [first](double fraction, const std::string& line) {
+    if (first) {
+      std::printf("@progress %.6f %s\n", fraction, line.c_str());
+      std::fflush(stdout);
+    }
+    return stop ? absl::CancelledError("asked to stop (SIGTERM)")
+                : absl::OkStatus();
+  };
+  context.log = [](const std::string& line) {
+    std::printf("@log %s\n", line.c_str());
+    std::fflush(stdout);
+  };
+  absl::StatusOr<nlohmann::json> result =
+      lpd::engine::RunDistillTask(job, context);
+  if (!result.ok()) return finish(result.status());
+  return finish(result->dump());
+}
+
 int RunJobCommand(const std::vector<std::string>& args) {
   if (args.empty() || args[0].starts_with("--")) {
     PrintUsage();
@@ -288,6 +440,11 @@ int RunJobCommand(const std::vector<std::string>& args) {
     std::fprintf(stderr, "lpd-worker: %s\n", job.status().ToString().c_str());
     return 2;
   }
+  const lpd::CliArgs& run_flags = *flags;
+  options.run_distill = [&](const lpd::v1::CompressionJob& j,
+                            const lpd::engine::TaskContext& ctx) {
+    return RunDistill(j, ctx, run_flags);
+  };
   auto result = lpd::engine::RunJob(*job, options);
   if (!result.ok()) return Fail(result.status());
   return 0;
@@ -296,7 +453,7 @@ int RunJobCommand(const std::vector<std::string>& args) {
 // Runs one leased task with the engine's job tasks.
 absl::StatusOr<std::string> RunLeasedTask(
     const lpd::v1::Task& task, const lpd::worker::TaskProgress& progress,
-    const std::string& device, int threads) {
+    const std::string& device, int threads, const lpd::CliArgs& flags) {
   lpd::engine::TaskContext context;
   context.device = device;
   context.threads = threads;
@@ -313,7 +470,7 @@ absl::StatusOr<std::string> RunLeasedTask(
                                          task.shard_count(), context);
       break;
     case lpd::v1::PHASE_DISTILL:
-      result = lpd::engine::RunDistillTask(task.spec(), context);
+      result = RunDistill(task.spec(), context, flags);
       break;
     case lpd::v1::PHASE_EVALUATE:
       result = lpd::engine::RunEvaluateTask(task.spec(), context);
@@ -368,7 +525,7 @@ int ServeCommand(const std::vector<std::string>& args) {
   const lpd::worker::TaskRunner runner =
       [&](const lpd::v1::Task& task,
           const lpd::worker::TaskProgress& progress) {
-        return RunLeasedTask(task, progress, device, thread_count);
+        return RunLeasedTask(task, progress, device, thread_count, *flags);
       };
   const absl::Status status = lpd::worker::RunWorkerLoop(options, runner, stop);
   if (!status.ok()) return Fail(status);
@@ -390,6 +547,7 @@ int main(int argc, char** argv) {
   if (command == "synth-dataset") return RunSynthDatasetCommand(args);
   if (command == "run") return RunJobCommand(args);
   if (command == "serve") return ServeCommand(args);
+  if (command == "distill-rank") return DistillRankCommand(args);
   if (command == "--help" || command == "help") {
     PrintUsage();
     return 0;

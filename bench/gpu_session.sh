@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The GPU runs of one device session on a 4-GPU H200 machine, as steps that
+# each fit one 10-minute device command (the machine keeps build-gpu/ and
+# out/ between commands while it stays warm). Expects .gpu-debs/ (Debian's
+# libraries, ../shared/gpu/README.md) and .gpu-data/tiny-sd15 carried along;
+# writes what comes back to $OUT.
+#
+#   bench/gpu_session.sh dp     build; a tiny-sd15 job with distill.gpus 1
+#                               and 2 through lpd-worker run (NCCL), then
+#                               bench/distill_ddp SD-v1.5 on 1 and 2 GPUs
+#   bench/gpu_session.sh gate   the quality study's teacher and gate on GPU 0
+#                               (scripts/quality_study_gpus.sh gate), while
+#                               GPUs 2-3 measure distill_ddp variants
+#   bench/gpu_session.sh rows   the quality study's 27 row-seeds on all GPUs,
+#                               then the table
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-out/gpu-session}
+mkdir -p "$out" out
+source .gpu-debs/device-env.sh
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+
+build() {
+  local start=$SECONDS
+  if [ ! -f build-gpu/build.ninja ]; then
+    cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DLPD_BUILD_TESTS=OFF -DLPD_BUILD_FUZZERS=OFF $LPD_CMAKE_ARGS \
+      >out/cmake.log 2>&1 || { tail -30 out/cmake.log; exit 1; }
+  fi
+  cmake --build build-gpu --target quality_study distill_ddp lpd-worker \
+    >out/build.log 2>&1 || { grep -E "error|FAILED" out/build.log | head -30; exit 1; }
+  echo "build: $((SECONDS - start)) s"
+}
+
+# A tiny-sd15 compression job on CUDA with distill.gpus $1, fp32 (so that 1
+# and 2 ranks can be compared closely), into out/dp-job-$1.
+tiny_job() {
+  local gpus=$1 dir=$PWD/out/dp-job
+  mkdir -p "$dir"
+  [ -d "$dir/data" ] || build-gpu/worker/lpd-worker synth-dataset \
+    --model .gpu-data/tiny-sd15 --samples 256 --out "$dir/data" --seq-len 8 >/dev/null
+  cat >"$dir/job-$gpus.yaml" <<EOF
+apiVersion: lpd/v1
+kind: CompressionJob
+metadata: {name: tiny-gpus-$gpus}
+spec:
+  model: {uri: "file://$PWD/.gpu-data/tiny-sd15/"}
+  data: {train: {uri: "file://$dir/data/"}, calibration_samples: 16, eval_samples: 32}
+  prune: {target_ratio: 0.3, criterion: output_loss, units: [resnet, attention]}
+  distill: {steps: 200, batch_size: 64, learning_rate: 1.0e-4, precision: fp32, checkpoint_every: 100, gpus: $gpus}
+  output: {uri: "file://$dir/out-$gpus/"}
+  seed: 3
+  device: cuda
+EOF
+  rm -rf "$dir/out-$gpus"
+  local start=$SECONDS
+  build-gpu/worker/lpd-worker run "$dir/job-$gpus.yaml" --log-every 50 2>&1 |
+    tee "$out/dp-job-$gpus.log" | grep -E "data-parallel|step 200/200|EVALUATE: [0-9]|done in"
+  echo "tiny job, distill.gpus $gpus: $((SECONDS - start)) s"
+}
+
+case ${1:-} in
+  dp)
+    build
+    nvidia-smi -L
+    tiny_job 1
+    tiny_job 2
+    python3 - <<'EOF'
+import json
+a = json.load(open("out/dp-job/out-1/report.json"))
+b = json.load(open("out/dp-job/out-2/report.json"))
+print("relative error, 1 rank %.6g, 2 ranks %.6g" % (a["relative_error"], b["relative_error"]))
+EOF
+    build-gpu/bench/distill_ddp --case sd15 --world-sizes 1,2 --steps 30 2>&1 |
+      tee "$out/ddp-sd15.txt" | tail -8
+    ;;
+  gate)
+    build
+    (
+      export CUDA_VISIBLE_DEVICES=2,3
+      for v in "--overlap 0 --bucket-mb 25" "--overlap 0 --bucket-mb 200" \
+        "--overlap 1 --bucket-mb 100"; do
+        echo "== sd15 $v"
+        timeout 150 build-gpu/bench/distill_ddp --case sd15 --world-sizes 1,2 \
+          --steps 30 $v 2>&1 | tail -4
+      done
+      echo "== sdxl --overlap 0 --bucket-mb 25"
+      timeout 200 build-gpu/bench/distill_ddp --case sdxl --world-sizes 1,2 \
+        --steps 15 2>&1 | tail -4
+    ) >"$out/ddp-variants.txt" 2>&1 &
+    variants=$!
+    CUDA_VISIBLE_DEVICES=0 scripts/quality_study_gpus.sh gate build-gpu \
+      out/quality --gpus 1 "${@:2}"
+    rc=$?
+    cp out/quality/study.json "$out/" 2>/dev/null
+    tar -C out/quality --exclude=teacher --exclude='*.safetensors' \
+      -czf "$out/gate.tgz" .
+    wait $variants
+    cat "$out/ddp-variants.txt"
+    exit $rc
+    ;;
+  rows)
+    build
+    scripts/quality_study_gpus.sh rows build-gpu out/quality "${2:-4}" "${@:3}"
+    rc=$?
+    tar -C out/quality --exclude=teacher --exclude='*.safetensors' \
+      --exclude='*.ppm' -czf "$out/quality.tgz" .
+    cp out/quality/table.md "$out/" 2>/dev/null
+    exit $rc
+    ;;
+  *)
+    echo "usage: $0 dp|gate|rows" >&2
+    exit 2
+    ;;
+esac

@@ -19,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/remove_tree.h"
 #include "common/status_macros.h"
 #include "engine/data_parallel.h"
 #include "engine/tensor_io.h"
@@ -68,8 +69,7 @@ class TempDir {
   TempDir& operator=(TempDir&&) = delete;
   ~TempDir() {
     if (path_.empty()) return;
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
+    RemoveTree(path_);
   }
   std::string File(absl::string_view name) const {
     return absl::StrCat(path_, "/", name);

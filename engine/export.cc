@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "common/remove_tree.h"
 #include "common/status_macros.h"
 #include "engine/tensor_io.h"
 #include "engine/torch_errors.h"
@@ -56,8 +57,7 @@ absl::Status ExportStudent(UNet2DConditionModelImpl& student,
     status = storage::PutWithManifest(store, dir, kPruningFileName,
                                       pruning.dump(2) + "\n", manifest);
   }
-  std::error_code ignored;
-  std::filesystem::remove_all(tmp_dir, ignored);
+  RemoveTree(tmp_dir);
   RETURN_IF_ERROR(status);
   return storage::WriteManifest(store, dir, manifest);
 }

@@ -12,7 +12,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -24,6 +23,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
+#include "common/remove_tree.h"
 #include "nlohmann/json.hpp"
 
 extern char** environ;
@@ -168,12 +168,13 @@ absl::StatusOr<std::string> RunDataParallelDistill(
   }
   std::string executable = options.executable;
   if (executable.empty()) {
-    std::error_code error;
-    executable = std::filesystem::read_symlink("/proc/self/exe", error);
-    if (error) {
+    char path[4096];
+    const ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+    if (n <= 0) {
       return absl::InternalError(absl::StrCat(
-          "data-parallel launch: /proc/self/exe: ", error.message()));
+          "data-parallel launch: /proc/self/exe: ", std::strerror(errno)));
     }
+    executable.assign(path, static_cast<size_t>(n));
   }
 
   // A private folder: the job, the rendezvous file, the results.
@@ -187,10 +188,7 @@ absl::StatusOr<std::string> RunDataParallelDistill(
   const std::string dir = pattern;
   struct RemoveDir {
     std::string path;
-    ~RemoveDir() {
-      std::error_code ignored;
-      std::filesystem::remove_all(path, ignored);
-    }
+    ~RemoveDir() { RemoveTree(path); }
   } remove_dir{dir};
   const std::string job_path = dir + "/job.pb";
   {

@@ -13,6 +13,8 @@
 #                               GPUs 2-3 measure distill_ddp variants
 #   bench/gpu_session.sh rows   the quality study's 27 row-seeds on all GPUs,
 #                               then the table
+#   bench/gpu_session.sh scaling  distill_ddp SD-v1.5 and SDXL on 1 and 2 GPUs,
+#                               and the tiny job with distill.gpus 2
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-out/gpu-session}
@@ -108,8 +110,17 @@ EOF
     cp out/quality/table.md "$out/" 2>/dev/null
     exit $rc
     ;;
+  scaling)
+    build
+    build-gpu/bench/distill_ddp --case sd15 --world-sizes 1,2 --steps 30 2>&1 |
+      tee "$out/ddp-sd15.txt" | grep -v Warning | tail -6
+    tiny_job 2
+    python3 -c 'import json; print("relative error, 2 ranks", json.load(open("out/dp-job/out-2/report.json"))["relative_error"])'
+    timeout 100 build-gpu/bench/distill_ddp --case sdxl --world-sizes 1,2 \
+      --steps 15 2>&1 | tee "$out/ddp-sdxl.txt" | grep -v Warning | tail -6
+    ;;
   *)
-    echo "usage: $0 dp|gate|rows" >&2
+    echo "usage: $0 dp|gate|rows|scaling" >&2
     exit 2
     ;;
 esac

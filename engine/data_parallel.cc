@@ -393,12 +393,15 @@ absl::Status DataParallelGroup::Reduce(std::vector<torch::Tensor>& tensors,
     works.reserve(buckets.size());
     c10d::AllreduceOptions opts;
     opts.timeout = Millis(options_.timeout);
+    // NCCL averages in the collective itself; gloo has no AVG.
+    const bool average_in_collective = mean && backend_ == "nccl";
+    if (average_in_collective) opts.reduceOp = c10d::ReduceOp::AVG;
     for (Bucket& b : buckets) {
       std::vector<torch::Tensor> one = {b.buffer};
       works.push_back(impl_->group->allreduce(one, opts));
     }
     for (auto& work : works) work->wait();
-    if (mean) {
+    if (mean && !average_in_collective) {
       for (Bucket& b : buckets) b.buffer.div_(world_size());
     }
     Unflatten(buckets, tensors);

@@ -413,6 +413,8 @@ absl::StatusOr<std::unique_ptr<DistillTrainer>> DistillTrainer::Create(
           ASSIGN_OR_RETURN(trainer->reducer_,
                            GradientReducer::Create(*options.data_parallel,
                                                    std::move(params)));
+        } else if (trainer->distributed() && trainer->masters_.empty()) {
+          trainer->AttachGradientBuffers();
         }
         return trainer;
       });
@@ -514,13 +516,13 @@ absl::StatusOr<TrainingBatch> DistillTrainer::LocalSlice(
   return local;
 }
 
-absl::StatusOr<std::pair<torch::Tensor, DistillLossValues>>
+absl::StatusOr<DistillTrainer::DistributedLossResult>
 DistillTrainer::DistributedLoss(const TrainingBatch& batch) {
   ASSIGN_OR_RETURN(TrainingBatch local, LocalSlice(batch));
   ASSIGN_OR_RETURN(Forward f, RunForward(local));
-  using Result = std::pair<torch::Tensor, DistillLossValues>;
   return GuardTorch(
-      "data-parallel distillation loss", [&]() -> absl::StatusOr<Result> {
+      "data-parallel distillation loss",
+      [&]() -> absl::StatusOr<DistributedLossResult> {
         ASSIGN_OR_RETURN(LossParts parts,
                          ComputeLossParts(f.student_out, f.teacher_out,
                                           f.target, f.student_features,
@@ -538,41 +540,109 @@ DistillTrainer::DistributedLoss(const TrainingBatch& batch) {
         std::vector<torch::Tensor> stats = {
             torch::stack(list).to(torch::kFloat64)};
         RETURN_IF_ERROR(options_.data_parallel->AllReduceSum(stats));
-        const torch::Tensor host = stats[0].to(torch::kCPU);
-        auto sum = host.accessor<double, 1>();
-
-        DistillLossValues values;
-        values.task = sum[0] / world;
-        values.output_kd = sum[1] / world;
         // The slice's share of the loss: the mean over ranks of its gradient
-        // is the gradient of the global loss.
+        // is the gradient of the global loss. The global ‖F_T‖² stays on
+        // the device (a constant: no gradient flows through it).
         torch::Tensor local_feature;
         for (size_t i = 0; i < n; ++i) {
-          double global;
-          torch::Tensor share;
+          torch::Tensor share = parts.values[i];
           if (o.normalize_features) {
-            const double denominator = std::max(sum[2 + n + i], 1e-30);
-            global = sum[2 + i] / denominator;
-            share = parts.values[i] * (world / denominator);
-          } else {
-            global = sum[2 + i] / world;
-            share = parts.values[i];
+            const torch::Tensor scale =
+                (world / stats[0][2 + n + i].clamp_min(1e-30))
+                    .to(share.scalar_type());
+            share = share * scale;
           }
-          values.feature_terms[parts.names[i]] = global;
-          values.feature_kd += global;
           local_feature =
               local_feature.defined() ? local_feature + share : share;
         }
-        values.total = o.task_weight * values.task +
-                       o.output_kd_weight * values.output_kd +
-                       o.feature_kd_weight * values.feature_kd;
-        torch::Tensor local =
+        torch::Tensor objective =
             o.task_weight * parts.task + o.output_kd_weight * parts.output_kd;
         if (local_feature.defined()) {
-          local = local + o.feature_kd_weight * local_feature;
+          objective = objective + o.feature_kd_weight * local_feature;
         }
-        return Result(local, values);
+        return DistributedLossResult{objective, stats[0],
+                                     std::move(parts.names)};
       });
+}
+
+DistillLossValues DistillTrainer::GlobalLossValues(
+    const DistributedLossResult& loss, const torch::Tensor& host_stats) const {
+  const DistillLossOptions& o = options_.loss;
+  const size_t n = loss.names.size();
+  const double world = options_.data_parallel->world_size();
+  auto sum = host_stats.accessor<double, 1>();
+  DistillLossValues values;
+  values.task = sum[0] / world;
+  values.output_kd = sum[1] / world;
+  for (size_t i = 0; i < n; ++i) {
+    const double global = o.normalize_features
+                              ? sum[2 + i] / std::max(sum[2 + n + i], 1e-30)
+                              : sum[2 + i] / world;
+    values.feature_terms[loss.names[i]] = global;
+    values.feature_kd += global;
+  }
+  values.total = o.task_weight * values.task +
+                 o.output_kd_weight * values.output_kd +
+                 o.feature_kd_weight * values.feature_kd;
+  return values;
+}
+
+void DistillTrainer::AttachGradientBuffers() {
+  torch::NoGradGuard no_grad;
+  const int64_t limit = options_.data_parallel->options().bucket_bytes;
+  // Parameters in reverse order (about the order backward produces them),
+  // a new buffer when the dtype or device changes or the buffer is full.
+  struct Pending {
+    torch::TensorOptions options;
+    std::vector<size_t> members;
+    int64_t numel = 0;
+  };
+  std::vector<Pending> pending;
+  for (size_t k = params_.size(); k-- > 0;) {
+    const torch::Tensor& p = params_[k].second;
+    const int64_t bytes = p.numel() * p.element_size();
+    if (pending.empty() ||
+        pending.back().options.dtype() != p.options().dtype() ||
+        pending.back().options.device() != p.device() ||
+        (pending.back().numel > 0 &&
+         (pending.back().numel * p.element_size() + bytes > limit))) {
+      pending.push_back({p.options(), {}, 0});
+    }
+    pending.back().members.push_back(k);
+    pending.back().numel += p.numel();
+  }
+  grad_views_.assign(params_.size(), torch::Tensor());
+  for (const Pending& b : pending) {
+    torch::Tensor buffer =
+        torch::zeros({b.numel}, torch::TensorOptions()
+                                    .dtype(b.options.dtype())
+                                    .device(b.options.device()));
+    int64_t offset = 0;
+    for (size_t k : b.members) {
+      const torch::Tensor& p = params_[k].second;
+      // The parameter's own strides (channels-last included: a dense
+      // layout spans exactly numel elements), so the optimizer's
+      // multi-tensor kernels see matching layouts.
+      grad_views_[k] =
+          p.is_non_overlapping_and_dense()
+              ? buffer.as_strided(p.sizes(), p.strides(), offset)
+              : buffer.narrow(0, offset, p.numel()).view(p.sizes());
+      offset += p.numel();
+    }
+    grad_buffers_.push_back(buffer);
+  }
+  ZeroGradientBuffers();
+}
+
+void DistillTrainer::ZeroGradientBuffers() {
+  torch::NoGradGuard no_grad;
+  for (torch::Tensor& b : grad_buffers_) b.zero_();
+  for (size_t k = 0; k < params_.size(); ++k) {
+    torch::Tensor& p = params_[k].second;
+    if (!p.grad().defined() || !p.grad().is_same(grad_views_[k])) {
+      p.mutable_grad() = grad_views_[k];
+    }
+  }
 }
 
 absl::Status DistillTrainer::SyncReplicas(bool check_teacher) {
@@ -671,6 +741,7 @@ absl::StatusOr<StepReport> DistillTrainer::Step(const TrainingBatch& batch) {
   StepReport report;
   report.step = step_;
   torch::Tensor objective;  // what backward() differentiates
+  DistributedLossResult distributed_loss;
   if (!distributed()) {
     ASSIGN_OR_RETURN(DistillLoss loss, ComputeLoss(batch));
     RETURN_IF_ERROR(GuardTorch("distillation step", [&]() -> absl::Status {
@@ -679,22 +750,27 @@ absl::StatusOr<StepReport> DistillTrainer::Step(const TrainingBatch& batch) {
     }));
     objective = loss.total;
   } else {
-    ASSIGN_OR_RETURN(auto loss, DistributedLoss(batch));
-    objective = loss.first;
-    report.loss = loss.second;
+    ASSIGN_OR_RETURN(distributed_loss, DistributedLoss(batch));
+    objective = distributed_loss.objective;
   }
   return GuardTorch("distillation step", [&]() -> absl::StatusOr<StepReport> {
-    if (!std::isfinite(report.loss.total)) {
+    auto check_loss = [&]() -> absl::Status {
+      if (std::isfinite(report.loss.total)) return absl::OkStatus();
       return absl::InternalError(
           absl::StrCat("distillation: non-finite loss at step ", step_));
-    }
+    };
+    if (!distributed()) RETURN_IF_ERROR(check_loss());
     report.learning_rate = LearningRateAt(step_);
     for (auto& group : optimizer_->param_groups()) {
       group.options().set_lr(report.learning_rate);
     }
-    optimizer_->zero_grad();
-    for (auto& [name, param] : params_) {
-      if (param.grad().defined()) param.mutable_grad().zero_();
+    if (!grad_buffers_.empty()) {
+      ZeroGradientBuffers();
+    } else {
+      optimizer_->zero_grad();
+      for (auto& [name, param] : params_) {
+        if (param.grad().defined()) param.mutable_grad().zero_();
+      }
     }
     if (reducer_) reducer_->Arm();
     objective.backward();
@@ -704,14 +780,18 @@ absl::StatusOr<StepReport> DistillTrainer::Step(const TrainingBatch& batch) {
     std::vector<torch::Tensor> grads;
     {
       torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < params_.size(); ++i) {
-        const torch::Tensor& param = params_[i].second;
-        if (!param.grad().defined()) continue;
-        if (!masters_.empty()) {
-          masters_[i].mutable_grad() = param.grad().to(torch::kFloat32);
-          grads.push_back(masters_[i].grad());
-        } else {
-          grads.push_back(param.grad());
+      if (!grad_buffers_.empty()) {
+        grads = grad_buffers_;  // every gradient, flat
+      } else {
+        for (size_t i = 0; i < params_.size(); ++i) {
+          const torch::Tensor& param = params_[i].second;
+          if (!param.grad().defined()) continue;
+          if (!masters_.empty()) {
+            masters_[i].mutable_grad() = param.grad().to(torch::kFloat32);
+            grads.push_back(masters_[i].grad());
+          } else {
+            grads.push_back(param.grad());
+          }
         }
       }
       if (distributed() && !reducer_) {
@@ -728,6 +808,12 @@ absl::StatusOr<StepReport> DistillTrainer::Step(const TrainingBatch& batch) {
           norms.empty()
               ? 0.0
               : at::stack(norms).to(torch::kFloat64).norm().item<double>();
+      if (distributed()) {
+        // Long computed by now: reading it back waits for nothing.
+        report.loss = GlobalLossValues(distributed_loss,
+                                       distributed_loss.stats.to(torch::kCPU));
+        RETURN_IF_ERROR(check_loss());
+      }
       if (!std::isfinite(report.grad_norm)) {
         return absl::InternalError(absl::StrCat(
             "distillation: non-finite gradient norm at step ", step_));

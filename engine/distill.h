@@ -258,10 +258,27 @@ class DistillTrainer {
   // This rank's rows of the global batch.
   absl::StatusOr<TrainingBatch> LocalSlice(const TrainingBatch& batch) const;
   // Data-parallel loss of the local slice: the tensor to differentiate
-  // (whose gradient, averaged over ranks, is the global loss's) and the
-  // global loss values.
-  absl::StatusOr<std::pair<torch::Tensor, DistillLossValues>> DistributedLoss(
+  // (whose gradient, averaged over ranks, is the global loss's) and, on the
+  // device, the ranks' summed statistics that GlobalLossValues turns into
+  // the global loss values once they are read back (no host
+  // synchronization between forward and backward).
+  struct DistributedLossResult {
+    torch::Tensor objective;
+    torch::Tensor stats;  // float64 [2 + 2·terms]
+    std::vector<std::string> names;
+  };
+  absl::StatusOr<DistributedLossResult> DistributedLoss(
       const TrainingBatch& batch);
+  DistillLossValues GlobalLossValues(const DistributedLossResult& loss,
+                                     const torch::Tensor& host_stats) const;
+  // Data-parallel without overlap or master weights: every parameter's
+  // .grad becomes a view into a few flat buffers (by dtype, about
+  // bucket_bytes each, in the parameter's own strides), so that the
+  // all-reduce, the norm and the clipping run on the buffers in place (no
+  // flattening copies, a few kernels instead of one per parameter).
+  void AttachGradientBuffers();
+  // Zeroes the buffers and re-attaches any .grad that was replaced.
+  void ZeroGradientBuffers();
   // Makes every rank hold rank 0's weights and AdamW state, after checking
   // that all are at the same step and hold the same teacher.
   absl::Status SyncReplicas(bool check_teacher);
@@ -287,6 +304,10 @@ class DistillTrainer {
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   // Data-parallel with overlap: averages gradients during backward().
   std::unique_ptr<GradientReducer> reducer_;
+  // AttachGradientBuffers' buffers and each parameter's view (params_
+  // order); empty when not used.
+  std::vector<torch::Tensor> grad_buffers_;
+  std::vector<torch::Tensor> grad_views_;
   int64_t step_ = 0;
 };
 

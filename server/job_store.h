@@ -82,6 +82,10 @@ struct WorkerRecord {
   std::string name;
   std::string device;
   int64_t registered_ms = 0;
+  // GPUs the worker said it can give a task (RegisterWorkerRequest.gpus);
+  // -1: not said. Kept in memory only (not a column of the store): a
+  // worker says it again when it registers after a scheduler restart.
+  int gpus = -1;
 };
 
 // The rows one Write() stores, in one transaction: jobs and tasks are

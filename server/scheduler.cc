@@ -812,8 +812,9 @@ absl::StatusOr<lpd::v1::RegisterWorkerResponse> Scheduler::RegisterWorker(
         id = absl::StrCat("w-", Hex16(gen_));
       } while (workers_.contains(id));
     }
-    change.workers.push_back(
-        WorkerRecord{id, request.name(), request.device(), now});
+    change.workers.push_back(WorkerRecord{
+        id, request.name(), request.device(), now,
+        request.has_gpus() && request.gpus() >= 0 ? request.gpus() : -1});
     return absl::OkStatus();
   }));
   lpd::v1::RegisterWorkerResponse response;
@@ -823,6 +824,33 @@ absl::StatusOr<lpd::v1::RegisterWorkerResponse> Scheduler::RegisterWorker(
   response.set_lease_duration_ms(
       static_cast<int32_t>(absl::ToInt64Milliseconds(options_.lease_duration)));
   return response;
+}
+
+bool Scheduler::Fits(const TaskRecord& task,
+                     const std::string& worker_id) const {
+  if (task.phase != lpd::v1::PHASE_DISTILL) return true;
+  auto job = jobs_.find(task.job_id);
+  if (job == jobs_.end()) return true;
+  const auto& spec = job->second->job.spec().spec();
+  const int needed = spec.distill().gpus();
+  if (needed <= 1 || spec.device() == lpd::v1::DEVICE_CPU) return true;
+  auto worker = workers_.find(worker_id);
+  if (worker == workers_.end() || worker->second.gpus < 0) return true;
+  const int gpus = worker->second.gpus;
+  // "auto" on a worker without GPUs runs its ranks on the CPU (gloo).
+  return gpus >= needed ||
+         (gpus == 0 && spec.device() == lpd::v1::DEVICE_UNSPECIFIED);
+}
+
+const std::string* Scheduler::FirstReadyFor(
+    const std::string& worker_id,
+    const absl::flat_hash_set<std::string>& taken) const {
+  for (const auto& [key, task_id] : ready_) {
+    if (taken.contains(task_id)) continue;
+    auto task = tasks_.find(task_id);
+    if (task == tasks_.end() || Fits(task->second, worker_id)) return &task_id;
+  }
+  return nullptr;
 }
 
 int64_t Scheduler::LeaseAsync(
@@ -844,9 +872,10 @@ int64_t Scheduler::LeaseAsync(
     }
     absl::MutexLock wait_lock(&wait_mu_);
     if (waiters_closed_) return absl::OkStatus();  // shut down: no task
-    if (!ready_.empty() && waiters_.empty()) {
-      AddLease(change, ready_.begin()->second, worker_id,
-               absl::ToUnixMillis(now), &response);
+    const std::string* task =
+        waiters_.empty() ? FirstReadyFor(worker_id, {}) : nullptr;
+    if (task != nullptr) {
+      AddLease(change, *task, worker_id, absl::ToUnixMillis(now), &response);
     } else if (wait > absl::ZeroDuration()) {
       waiters_[waiter_id] = Waiter{worker_id, now + wait, std::move(done)};
       waiting = true;
@@ -1072,14 +1101,20 @@ void Scheduler::Dispatch() {
   absl::Status status = Mutate([&](Change& change) -> absl::Status {
     if (ready_.empty()) return absl::OkStatus();
     absl::MutexLock wait_lock(&wait_mu_);
-    auto task = ready_.begin();
-    while (task != ready_.end() && !waiters_.empty()) {
-      auto waiter = waiters_.begin();
+    // Each waiter, oldest first, takes the first ready task it can run.
+    absl::flat_hash_set<std::string> taken;
+    for (auto waiter = waiters_.begin();
+         waiter != waiters_.end() && taken.size() < ready_.size();) {
+      const std::string* task = FirstReadyFor(waiter->second.worker_id, taken);
+      if (task == nullptr) {
+        ++waiter;
+        continue;
+      }
+      taken.insert(*task);
       lpd::v1::LeaseTaskResponse response;
-      AddLease(change, task->second, waiter->second.worker_id, now, &response);
+      AddLease(change, *task, waiter->second.worker_id, now, &response);
       handed.emplace_back(std::move(waiter->second), std::move(response));
-      waiters_.erase(waiter);
-      ++task;
+      waiter = waiters_.erase(waiter);
     }
     return absl::OkStatus();
   });

@@ -318,6 +318,18 @@ class Scheduler {
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   ReadyKey ReadyKeyOf(const TaskRecord& task) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Whether `worker_id` can run `task`: a DISTILL with spec.distill.gpus
+  // N > 1 on the GPU needs a worker that said it has at least N GPUs (or,
+  // for device auto, none: its ranks then run on the CPU); anything else
+  // fits any worker, as does any task a worker that said nothing.
+  bool Fits(const TaskRecord& task, const std::string& worker_id) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The first ready task (queue order) that `worker_id` fits and that is not
+  // in `taken`; null when none.
+  const std::string* FirstReadyFor(
+      const std::string& worker_id,
+      const absl::flat_hash_set<std::string>& taken) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   // Change builders (write_mu_ held, mu_ read-held).
   void AddLease(Change& change, const std::string& task_id,

@@ -119,11 +119,13 @@ class SchedulerTest : public ::testing::Test {
     Open();
   }
 
-  std::string Register(const std::string& old_id = "") {
+  // gpus < 0: the worker does not say.
+  std::string Register(const std::string& old_id = "", int gpus = -1) {
     lpd::v1::RegisterWorkerRequest request;
     request.set_name("host");
     request.set_device("cpu");
     request.set_worker_id(old_id);
+    if (gpus >= 0) request.set_gpus(gpus);
     auto response = scheduler_->RegisterWorker(request);
     EXPECT_TRUE(response.ok()) << response.status();
     return response.ok() ? response->worker_id() : "";
@@ -311,6 +313,62 @@ TEST_F(SchedulerTest, JobRunsThroughAllPhases) {
   // A completed task cannot be completed again.
   EXPECT_EQ(Complete(w, distill.task().lease_id()).code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// A DISTILL asking for 2 GPUs goes to a worker that has them; a 1-GPU
+// worker takes the other tasks meanwhile, and every task fits a worker that
+// did not say how many GPUs it has.
+TEST_F(SchedulerTest, DistillOnTwoGpusGoesOnlyToAWorkerWithTwo) {
+  options_.score_shards = 1;
+  Open();
+  const std::string one = Register("", 1);
+  lpd::v1::CompressionJob spec = Spec("two-gpus");
+  spec.mutable_spec()->mutable_distill()->set_gpus(2);
+  spec.mutable_spec()->mutable_distill()->set_batch_size(8);
+  spec.mutable_spec()->set_device(lpd::v1::DEVICE_CUDA);
+  auto job = scheduler_->Submit(spec, "");
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto score = LeaseNow(one);  // SCORE needs no second GPU
+  ASSERT_TRUE(score.ok() && score->has_task());
+  ASSERT_TRUE(Complete(one, score->task().lease_id()).ok());
+  ASSERT_TRUE(Eventually(
+      [&] { return Get(job->id()).phase() == lpd::v1::PHASE_DISTILL; }));
+  auto refused = LeaseNow(one);
+  ASSERT_TRUE(refused.ok());
+  EXPECT_FALSE(refused->has_task());
+  // A 1-GPU worker waiting is passed over when the 2-GPU one asks.
+  auto waiting = std::make_shared<std::promise<bool>>();
+  auto answered = waiting->get_future();
+  const int64_t waiter = scheduler_->LeaseAsync(
+      one, absl::Seconds(60), [waiting](absl::StatusOr<LeaseTaskResponse> r) {
+        waiting->set_value(r.ok() && r->has_task());
+      });
+  const std::string two = Register("", 2);
+  const LeaseTaskResponse distill = LeaseWait(two);
+  ASSERT_TRUE(distill.has_task());
+  EXPECT_EQ(distill.task().phase(), lpd::v1::PHASE_DISTILL);
+  EXPECT_EQ(answered.wait_for(std::chrono::milliseconds(200)),
+            std::future_status::timeout);
+  scheduler_->CancelLease(waiter);
+  ASSERT_TRUE(Complete(two, distill.task().lease_id()).ok());
+  // EVALUATE fits the 1-GPU worker again; one that said nothing takes any.
+  auto evaluate = LeaseNow(one);
+  ASSERT_TRUE(evaluate.ok() && evaluate->has_task());
+  EXPECT_EQ(evaluate->task().phase(), lpd::v1::PHASE_EVALUATE);
+
+  lpd::v1::CompressionJob cpu = Spec("two-ranks-on-cpu");
+  cpu.mutable_spec()->mutable_distill()->set_gpus(2);
+  cpu.mutable_spec()->mutable_distill()->set_batch_size(8);
+  cpu.mutable_spec()->set_device(lpd::v1::DEVICE_CPU);
+  ASSERT_TRUE(scheduler_->Submit(cpu, "").ok());
+  const std::string silent = Register();
+  auto cpu_score = LeaseNow(silent);
+  ASSERT_TRUE(cpu_score.ok() && cpu_score->has_task());
+  ASSERT_TRUE(Complete(silent, cpu_score->task().lease_id()).ok());
+  // device cpu: gloo ranks, any worker.
+  const LeaseTaskResponse cpu_distill = LeaseWait(one);
+  ASSERT_TRUE(cpu_distill.has_task());
+  EXPECT_EQ(cpu_distill.task().phase(), lpd::v1::PHASE_DISTILL);
 }
 
 TEST_F(SchedulerTest, HandcraftedCriterionHasOneScoreShard) {

@@ -10,6 +10,7 @@
 //            1), started by `run` and `serve` through
 //            worker/data_parallel_launcher.h, not by people
 #include <ATen/Parallel.h>
+#include <torch/cuda.h>
 
 #include <atomic>
 #include <cstdio>
@@ -99,6 +100,9 @@ const std::vector<lpd::FlagSpec> kServeFlags = [] {
       {"name", false, false, "name shown by the scheduler (default host:pid)"},
       {"lease-wait-ms", false, false, "long-poll length (default 10000)"},
       {"max-tasks", false, false, "exit after N tasks (default: never)"},
+      {"gpus", false, false,
+       "GPUs one task may use, told to the scheduler (default: 0 with "
+       "--device cpu, else every GPU this process sees)"},
   };
   for (const lpd::FlagSpec& spec : lpd::storage::S3FlagSpecs()) {
     flags.push_back(spec);
@@ -521,6 +525,14 @@ int ServeCommand(const std::vector<std::string>& args) {
   options.device = device.empty() ? "auto" : device;
   options.lease_wait = absl::Milliseconds(*wait_ms);
   options.max_tasks = static_cast<int>(*max_tasks);
+  auto gpus = flags->GetInt(
+      "gpus",
+      device == "cpu" ? 0 : static_cast<int64_t>(torch::cuda::device_count()));
+  if (!gpus.ok()) return Fail(gpus.status());
+  if (*gpus < 0) {
+    return Fail(absl::InvalidArgumentError("--gpus must be >= 0"));
+  }
+  options.gpus = static_cast<int>(*gpus);
   const int thread_count = static_cast<int>(*threads);
   const lpd::worker::TaskRunner runner =
       [&](const lpd::v1::Task& task,

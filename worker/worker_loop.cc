@@ -114,6 +114,7 @@ class Worker {
       lpd::v1::RegisterWorkerRequest request;
       request.set_name(options_.name);
       request.set_device(options_.device);
+      if (options_.gpus >= 0) request.set_gpus(options_.gpus);
       request.set_worker_id(previous_id_);
       lpd::v1::RegisterWorkerResponse response;
       grpc::ClientContext context;
@@ -127,7 +128,11 @@ class Worker {
               absl::Milliseconds(response.heartbeat_interval_ms());
         }
         Log(absl::StrCat("registered with ", options_.scheduler_address, " as ",
-                         worker_id_, " (heartbeat every ",
+                         worker_id_, " (",
+                         options_.gpus >= 0
+                             ? absl::StrCat(options_.gpus, " GPUs, ")
+                             : std::string(),
+                         "heartbeat every ",
                          absl::FormatDuration(heartbeat_interval_), ")"));
         return true;
       }

@@ -43,6 +43,10 @@ struct WorkerLoopOptions {
   std::string scheduler_address;  // host:port
   std::string name;               // for people (host name by default)
   std::string device;             // reported at registration
+  // GPUs one task may use (a data-parallel DISTILL takes one per rank);
+  // reported at registration so the scheduler hands this worker only the
+  // DISTILL tasks it can run. < 0: not reported.
+  int gpus = -1;
   absl::Duration lease_wait = absl::Seconds(10);  // long-poll length
   // Longest pause between retries of a call the scheduler did not answer.
   absl::Duration max_backoff = absl::Seconds(2);

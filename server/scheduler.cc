@@ -528,7 +528,27 @@ void Scheduler::AddNextPhase(Change& change, const std::string& job_id,
   task.phase = phase;
   change.tasks[task.task_id] = task;
   change.new_tasks.push_back(task.task_id);
-  AddEvent(change, job, now_ms, absl::StrCat(PhaseName(phase), " queued"));
+  std::string message = absl::StrCat(PhaseName(phase), " queued");
+  const auto& spec = job.spec().spec();
+  const int gpus = spec.distill().gpus();
+  if (phase == lpd::v1::PHASE_DISTILL && gpus > 1 &&
+      spec.device() != lpd::v1::DEVICE_CPU) {
+    // Say so when no registered worker can take it yet (it waits for one).
+    int most = -1;
+    bool unknown = false;
+    for (const auto& [id, worker] : workers_) {
+      unknown = unknown || worker.gpus < 0;
+      most = std::max(most, worker.gpus);
+    }
+    absl::StrAppend(&message, " (data-parallel over ", gpus, " GPUs");
+    if (!unknown && most < gpus) {
+      absl::StrAppend(&message, "; no registered worker has ", gpus, " GPUs",
+                      most >= 0 ? absl::StrCat(" (most: ", most, ")") : "",
+                      ": it waits for one");
+    }
+    absl::StrAppend(&message, ")");
+  }
+  AddEvent(change, job, now_ms, std::move(message));
 }
 
 absl::StatusOr<const TaskRecord*> Scheduler::LiveLease(

@@ -336,6 +336,11 @@ TEST_F(SchedulerTest, DistillOnTwoGpusGoesOnlyToAWorkerWithTwo) {
   auto refused = LeaseNow(one);
   ASSERT_TRUE(refused.ok());
   EXPECT_FALSE(refused->has_task());
+  EXPECT_EQ(CountEvents(job->id(),
+                        "DISTILL queued (data-parallel over 2 GPUs; no "
+                        "registered worker has 2 GPUs (most: 1): it waits "
+                        "for one)"),
+            1);
   // A 1-GPU worker waiting is passed over when the 2-GPU one asks.
   auto waiting = std::make_shared<std::promise<bool>>();
   auto answered = waiting->get_future();

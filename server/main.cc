@@ -21,15 +21,25 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/cli_args.h"
+#include "common/metrics.h"
+#include "common/metrics_http.h"
 #include "common/termination_signals.h"
 #include "selection/select_phase.h"
 #include "server/grpc_services.h"
 #include "server/scheduler.h"
+#include "server/scheduler_metrics.h"
 #include "server/task_pool.h"
 #include "storage/object_store.h"
 #include "storage/s3_flags.h"
 
 namespace {
+
+// Writes `port` to `path` whole (a temporary file, then a rename).
+void WritePortFile(const std::string& path, int port) {
+  const std::string tmp = path + ".tmp";
+  std::ofstream(tmp) << port << "\n";
+  std::rename(tmp.c_str(), path.c_str());
+}
 
 const std::vector<lpd::FlagSpec> kFlags = [] {
   std::vector<lpd::FlagSpec> flags = {
@@ -52,6 +62,11 @@ const std::vector<lpd::FlagSpec> kFlags = [] {
        "after a restart, leases run out no sooner than this (default 30)"},
       {"grace-seconds", false, false,
        "on SIGTERM, how long calls in flight may finish (default 10)"},
+      {"metrics-listen", false, false,
+       "address:port of the Prometheus /metrics endpoint (default: none; "
+       "port 0 picks a free one)"},
+      {"metrics-port-file", false, false,
+       "write the metrics port actually bound to this file"},
   };
   for (const lpd::FlagSpec& spec : lpd::storage::S3FlagSpecs()) {
     flags.push_back(spec);
@@ -143,14 +158,26 @@ int main(int argc, char** argv) {
     return Fail(
         absl::UnavailableError(absl::StrCat("cannot listen on ", listen)));
   }
-  if (flags->Has("port-file")) {
-    const std::string path = flags->Get("port-file");
-    const std::string tmp = path + ".tmp";
-    std::ofstream(tmp) << port << "\n";
-    std::rename(tmp.c_str(), path.c_str());
-  }
+  if (flags->Has("port-file")) WritePortFile(flags->Get("port-file"), port);
   std::fprintf(stderr, "lpd-scheduler: serving on port %d, state in %s\n", port,
                options.state_dir.c_str());
+
+  // Prometheus: /metrics, filled from the scheduler at each scrape.
+  lpd::metrics::Registry registry;
+  lpd::server::RegisterSchedulerMetrics(registry, **scheduler, LPD_VERSION);
+  std::unique_ptr<lpd::metrics::MetricsHttpServer> metrics_server;
+  if (flags->Has("metrics-listen")) {
+    auto started = lpd::metrics::MetricsHttpServer::Start(
+        flags->Get("metrics-listen"),
+        [&registry] { return registry.Serialize(); });
+    if (!started.ok()) return Fail(started.status());
+    metrics_server = std::move(*started);
+    if (flags->Has("metrics-port-file")) {
+      WritePortFile(flags->Get("metrics-port-file"), metrics_server->port());
+    }
+    std::fprintf(stderr, "lpd-scheduler: metrics on port %d (/metrics)\n",
+                 metrics_server->port());
+  }
 
   // Health: SERVING while the store is writable; checked every second.
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
@@ -175,6 +202,7 @@ int main(int argc, char** argv) {
   server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::seconds(*grace));
   server->Wait();
+  metrics_server.reset();
   scheduler->reset();
   std::fprintf(stderr, "lpd-scheduler: stopped\n");
   return 0;

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -502,6 +503,8 @@ void Scheduler::AddRequeueOrFail(Change& change, const std::string& task_id,
     task.state = TaskState::kQueued;
     task.lease_expires_ms = 0;
     task.progress = 0;
+    ++(absl::StartsWith(error, "lease expired") ? requeued_lease_expired_
+                                                : requeued_failed_);
     AddEvent(change, job, now_ms,
              absl::StrCat(TaskLabel(task), ": ", error, "; requeued"));
     return;
@@ -629,6 +632,7 @@ absl::StatusOr<Job> Scheduler::Submit(const lpd::v1::CompressionJob& spec,
       id = absl::StrCat("job-", Hex16(gen_));
     } while (jobs_.contains(id));
     Job& job = change.jobs[id];
+    ++jobs_submitted_;
     job.set_id(id);
     *job.mutable_spec() = full;
     job.set_state(lpd::v1::JOB_STATE_QUEUED);
@@ -844,6 +848,33 @@ absl::StatusOr<lpd::v1::RegisterWorkerResponse> Scheduler::RegisterWorker(
   response.set_lease_duration_ms(
       static_cast<int32_t>(absl::ToInt64Milliseconds(options_.lease_duration)));
   return response;
+}
+
+Scheduler::Stats Scheduler::GetStats() const {
+  Stats stats;
+  for (int s = lpd::v1::JobState_MIN; s <= lpd::v1::JobState_MAX; ++s) {
+    if (lpd::v1::JobState_IsValid(s) && s != lpd::v1::JOB_STATE_UNSPECIFIED) {
+      stats.jobs[static_cast<lpd::v1::JobState>(s)] = 0;
+    }
+  }
+  absl::flat_hash_set<std::string> busy;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    for (const auto& [id, entry] : jobs_) {
+      ++stats.jobs[entry->job.state()];
+      if (IsActive(entry->job.state())) {
+        stats.active_progress.emplace_back(id, entry->job.progress());
+      }
+    }
+    for (const std::string& id : leased_) busy.insert(tasks_.at(id).worker_id);
+    for (const auto& [id, worker] : workers_) {
+      ++(busy.contains(id) ? stats.workers_busy : stats.workers_idle);
+    }
+  }
+  stats.jobs_submitted = jobs_submitted_;
+  stats.tasks_requeued_lease_expired = requeued_lease_expired_;
+  stats.tasks_requeued_failed = requeued_failed_;
+  return stats;
 }
 
 bool Scheduler::Fits(const TaskRecord& task,

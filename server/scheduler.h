@@ -208,6 +208,20 @@ class Scheduler {
   // Registers a worker (durably). A request carrying a worker_id the
   // scheduler knows (registered before, also before a restart) keeps it;
   // otherwise a new "w-<16 hex>" id is assigned.
+  // What the metrics endpoint shows (server/scheduler_metrics.h).
+  struct Stats {
+    std::map<lpd::v1::JobState, int64_t> jobs;  // every state, 0 included
+    // Progress of each QUEUED or RUNNING job.
+    std::vector<std::pair<std::string, double>> active_progress;
+    int64_t workers_busy = 0;  // registered, holding a live lease
+    int64_t workers_idle = 0;  // registered, holding none
+    // Since this process started.
+    int64_t jobs_submitted = 0;
+    int64_t tasks_requeued_lease_expired = 0;
+    int64_t tasks_requeued_failed = 0;
+  };
+  Stats GetStats() const;
+
   absl::StatusOr<lpd::v1::RegisterWorkerResponse> RegisterWorker(
       const lpd::v1::RegisterWorkerRequest& request);
   // A long poll that does not block the caller. `done` is called exactly
@@ -383,6 +397,9 @@ class Scheduler {
   std::map<ReadyKey, std::string> ready_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<std::string> leased_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, WorkerRecord> workers_ ABSL_GUARDED_BY(mu_);
+  std::atomic<int64_t> jobs_submitted_{0};
+  std::atomic<int64_t> requeued_lease_expired_{0};
+  std::atomic<int64_t> requeued_failed_{0};
   // Jobs whose progress changed since the last flush.
   absl::flat_hash_set<std::string> progress_dirty_ ABSL_GUARDED_BY(mu_);
   int64_t next_flush_ms_ ABSL_GUARDED_BY(write_mu_) = 0;

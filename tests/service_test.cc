@@ -33,6 +33,7 @@ namespace {
 namespace fs = std::filesystem;
 using lpd::testing::ChildProcess;
 using lpd::testing::Golden;
+using lpd::testing::HttpBody;
 using lpd::testing::ReadFileText;
 using lpd::testing::WaitFor;
 using lpd::v1::Job;
@@ -89,17 +90,36 @@ class ServiceTest : public lpd::testing::TempDirTest {
   void StartScheduler(int port = 0, int lease_seconds = 2) {
     const std::string port_file = dir_ + "/port";
     fs::remove(port_file);
+    fs::remove(dir_ + "/metrics-port");
     scheduler_ = std::make_unique<ChildProcess>(
-        std::vector<std::string>{
-            LPD_SCHEDULER_BIN, "--listen", "127.0.0.1:" + std::to_string(port),
-            "--state-dir", dir_ + "/state", "--port-file", port_file,
-            "--lease-seconds", std::to_string(lease_seconds), "--heartbeat-ms",
-            "200", "--max-attempts", "3", "--score-shards", "4",
-            "--grace-seconds", "2"},
+        std::vector<std::string>{LPD_SCHEDULER_BIN,
+                                 "--listen",
+                                 "127.0.0.1:" + std::to_string(port),
+                                 "--state-dir",
+                                 dir_ + "/state",
+                                 "--port-file",
+                                 port_file,
+                                 "--lease-seconds",
+                                 std::to_string(lease_seconds),
+                                 "--heartbeat-ms",
+                                 "200",
+                                 "--max-attempts",
+                                 "3",
+                                 "--score-shards",
+                                 "4",
+                                 "--grace-seconds",
+                                 "2",
+                                 "--metrics-listen",
+                                 "127.0.0.1:0",
+                                 "--metrics-port-file",
+                                 dir_ + "/metrics-port"},
         dir_ + "/scheduler.log");
     ASSERT_TRUE(WaitFor([&] { return fs::exists(port_file); }, 20s))
         << scheduler_->Log();
     port_ = std::stoi(ReadFileText(port_file));
+    ASSERT_TRUE(
+        WaitFor([&] { return fs::exists(dir_ + "/metrics-port"); }, 20s));
+    metrics_port_ = std::stoi(ReadFileText(dir_ + "/metrics-port"));
     address_ = "127.0.0.1:" + std::to_string(port_);
     stub_ = JobService::NewStub(
         grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()));
@@ -267,7 +287,7 @@ class ServiceTest : public lpd::testing::TempDirTest {
 
   std::unique_ptr<ChildProcess> scheduler_;
   std::map<std::string, std::unique_ptr<ChildProcess>> workers_;
-  int port_ = 0;
+  int port_ = 0, metrics_port_ = 0;
   std::string address_;
   std::unique_ptr<JobService::Stub> stub_;
 };
@@ -361,6 +381,65 @@ TEST_F(ServiceTest, JobRunsEveryPhaseWithScoringSpreadOverTwoWorkers) {
   }
   scheduler_->Signal(SIGTERM);
   EXPECT_EQ(scheduler_->Wait(20s), 0) << scheduler_->Log();
+}
+
+// The scheduler's /metrics, scraped by a real Prometheus on loopback and
+// checked by promtool: the job's progress series while it runs, gone once
+// it ended; the totals and states after.
+TEST_F(ServiceTest, PrometheusScrapesTheSchedulersMetrics) {
+  StartScheduler();
+  const int prometheus_port = lpd::testing::FreePort();
+  std::ofstream(dir_ + "/prometheus.yml")
+      << "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+         "scrape_configs:\n"
+         "  - job_name: lpd-scheduler\n"
+         "    static_configs: [{targets: ['127.0.0.1:"
+      << metrics_port_ << "']}]\n";
+  ChildProcess prometheus(
+      {"/usr/bin/prometheus", "--config.file=" + dir_ + "/prometheus.yml",
+       "--storage.tsdb.path=" + dir_ + "/prometheus-data",
+       "--web.listen-address=127.0.0.1:" + std::to_string(prometheus_port)},
+      dir_ + "/prometheus.log");
+  StartWorker("w1");
+  const Job job = MustSubmit(Named("metrics", 60, 30));
+  const std::string series = "lpd_job_progress_ratio{job=\"" + job.id() + "\"}";
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return HttpBody(lpd::testing::HttpGet(metrics_port_, "/metrics"))
+                   .find(series) != std::string::npos;
+      },
+      60s));
+  WaitForState(job.id(), lpd::v1::JOB_STATE_SUCCEEDED);
+
+  const std::string response = lpd::testing::HttpGet(metrics_port_, "/metrics");
+  EXPECT_THAT(response, ::testing::StartsWith("HTTP/1.1 200 OK"));
+  const std::string text = HttpBody(response);
+  EXPECT_THAT(text, HasSubstr("lpd_jobs_submitted_total 1\n"));
+  EXPECT_THAT(text, HasSubstr("lpd_jobs{state=\"succeeded\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("lpd_jobs{state=\"running\"} 0\n"));
+  EXPECT_THAT(text, HasSubstr("lpd_workers{state=\"idle\"} 1\n"));
+  EXPECT_THAT(text, Not(HasSubstr(series)));  // removed when the job ended
+  EXPECT_THAT(text, HasSubstr("lpd_build_info{version=\""));
+  std::ofstream(dir_ + "/metrics.txt") << text;
+  const auto checked = lpd::testing::RunCommand("promtool check metrics < " +
+                                                dir_ + "/metrics.txt");
+  EXPECT_EQ(checked.exit_code, 0) << checked.output;
+
+  // Prometheus scraped it: the query API sees the succeeded job.
+  std::string answer;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        answer = HttpBody(lpd::testing::HttpGet(
+            prometheus_port,
+            "/api/v1/query?query=lpd_jobs%7Bstate%3D%22succeeded%22%7D"));
+        auto json = nlohmann::json::parse(answer, nullptr, false);
+        return !json.is_discarded() && json.value("status", "") == "success" &&
+               !json["data"]["result"].empty() &&
+               json["data"]["result"][0]["value"][1] == "1";
+      },
+      60s))
+      << answer << "\n"
+      << prometheus.Log();
 }
 
 TEST_F(ServiceTest, KilledWorkerDuringDistillIsResumedFromCheckpoint) {

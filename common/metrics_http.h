@@ -1,0 +1,47 @@
+// The /metrics endpoint: a small HTTP/1.1 server on its own thread that
+// answers GET /metrics with a render callback's text (the Prometheus text
+// format), 404 for other paths and 405 for other methods, one connection at
+// a time, each closed after its answer. Requests are bounded (8 KiB of
+// header, 5 s to send it), so a slow or broken client cannot hold the
+// endpoint for long. No TLS: scrape it on a trusted network, as the Helm
+// chart's ServiceMonitor does.
+#ifndef LPD_COMMON_METRICS_HTTP_H_
+#define LPD_COMMON_METRICS_HTTP_H_
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+
+namespace lpd::metrics {
+
+class MetricsHttpServer {
+ public:
+  // Listens on "host:port" (port 0: any free one; see port()).
+  // InvalidArgument for a malformed address, Unavailable when it cannot
+  // listen there.
+  static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(
+      const std::string& listen, std::function<std::string()> render);
+  ~MetricsHttpServer();  // stops and joins the thread
+  MetricsHttpServer(const MetricsHttpServer&) = delete;
+  MetricsHttpServer& operator=(const MetricsHttpServer&) = delete;
+
+  int port() const { return port_; }
+
+ private:
+  MetricsHttpServer(int listen_fd, int wake_read, int wake_write, int port,
+                    std::function<std::string()> render);
+  void Serve();
+  void Answer(int fd);
+
+  int listen_fd_, wake_read_, wake_write_, port_;
+  std::function<std::string()> render_;
+  std::thread thread_;
+};
+
+}  // namespace lpd::metrics
+
+#endif  // LPD_COMMON_METRICS_HTTP_H_

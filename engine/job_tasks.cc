@@ -549,6 +549,9 @@ absl::StatusOr<nlohmann::json> Score(Job& job, int index, int count) {
   ASSIGN_OR_RETURN(Scores scores,
                    ScoreUnits(*job.teacher, ids, calibration, options));
   RETURN_IF_ERROR(job.PutJson(name, ScoresToJson(scores)));
+  if (job.ctx.on_units_scored) {
+    job.ctx.on_units_scored(static_cast<int64_t>(scores.units.size()));
+  }
   const double seconds = SecondsSince(start);
   job.Log(absl::StrFormat("SCORE: wrote %s in %.1fs", job.Uri(name), seconds));
   return nlohmann::json{{"units_scored", scores.units.size()},
@@ -728,6 +731,12 @@ absl::StatusOr<nlohmann::json> Distill(Job& job) {
   absl::Status stopped;
   ProgressCallback progress = [&](const StepReport& r) -> absl::Status {
     const int64_t done = r.step + 1;
+    if (job.rank == 0 && job.ctx.on_distill_step) {
+      job.ctx.on_distill_step(r.seconds, {{"total", r.loss.total},
+                                          {"task", r.loss.task},
+                                          {"output_kd", r.loss.output_kd},
+                                          {"feature_kd", r.loss.feature_kd}});
+    }
     const std::string line = absl::StrFormat(
         "DISTILL: step %d/%d loss %.6g (task %.4g, output_kd %.4g, "
         "feature_kd %.4g) lr %.3g grad_norm %.3g",

@@ -47,6 +47,8 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -101,6 +103,14 @@ struct TaskContext {
   // additivity.json, distill.json). A stop asked of any rank stops all of
   // them at one step, with a checkpoint. Unset or one rank: single-process.
   std::optional<DataParallelOptions> data_parallel;
+  // For metrics (may be null): after each distillation step (rank 0 only),
+  // the step's wall time and its loss values ("total", "task", "output_kd",
+  // "feature_kd"); once per SCORE task, the units it scored (0 when it
+  // reused earlier scores).
+  std::function<void(double seconds,
+                     const std::vector<std::pair<std::string, double>>& losses)>
+      on_distill_step;
+  std::function<void(int64_t units)> on_units_scored;
 };
 
 // SCORE shard `shard_index` of `shard_count` (round robin over the job's

@@ -61,6 +61,26 @@ TEST_F(LocalObjectStoreTest, RoundTripsSmallObject) {
   EXPECT_EQ(ReadLocalFile(root_ + "/scores.json"), "{\"a\": 1}");
 }
 
+// The process-wide counters behind lpd_storage_bytes_total and
+// lpd_storage_errors_total (tests of this binary run one at a time).
+TEST_F(LocalObjectStoreTest, CountsBytesBothWaysAndErrorsButNotNotFound) {
+  StorageIoCounters& io = StorageIo();
+  const uint64_t up = io.bytes_uploaded, down = io.bytes_downloaded,
+                 errors = io.errors;
+  ASSERT_TRUE(store_->Put("a", "12345").ok());
+  WriteLocalFile(temp_.Sub("local"), "1234567");
+  ASSERT_TRUE(store_->PutFile("b", temp_.Sub("local")).ok());
+  EXPECT_EQ(io.bytes_uploaded - up, 12u);
+  ASSERT_TRUE(store_->Get("a").ok());
+  ASSERT_TRUE(store_->GetRange("b", 1, 3).ok());
+  ASSERT_TRUE(store_->GetToFile("b", temp_.Sub("copy")).ok());
+  EXPECT_EQ(io.bytes_downloaded - down, 5u + 3u + 7u);
+  EXPECT_FALSE(store_->Get("missing").ok());  // NotFound: not an error
+  EXPECT_EQ(io.errors - errors, 0u);
+  EXPECT_FALSE(store_->GetRange("a", 3, 10).ok());  // OutOfRange
+  EXPECT_EQ(io.errors - errors, 1u);
+}
+
 TEST_F(LocalObjectStoreTest, RoundTripsEmptyObject) {
   ASSERT_TRUE(store_->Put("empty", "").ok());
   absl::StatusOr<std::string> data = store_->Get("empty");

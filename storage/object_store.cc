@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <limits>
 #include <mutex>
+#include <type_traits>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -139,15 +140,50 @@ std::string ObjectStore::UriOf(absl::string_view key) const {
   return absl::StrCat(uri(), key);
 }
 
+StorageIoCounters& StorageIo() {
+  static StorageIoCounters* const counters = new StorageIoCounters;
+  return *counters;
+}
+
+namespace {
+
+// Counts a call's outcome: `bytes` moved in `direction` when it succeeded,
+// an error when it failed with anything but NotFound.
+template <typename T>
+const T& Counted(const T& result, std::atomic<uint64_t>& direction,
+                 uint64_t bytes) {
+  absl::Status status;
+  if constexpr (std::is_same_v<T, absl::Status>) {
+    status = result;
+  } else {
+    status = result.status();
+  }
+  if (status.ok()) {
+    direction += bytes;
+  } else if (!absl::IsNotFound(status)) {
+    ++StorageIo().errors;
+  }
+  return result;
+}
+
+uint64_t LocalFileSize(const std::string& path) {
+  struct stat info;
+  return ::stat(path.c_str(), &info) == 0 ? static_cast<uint64_t>(info.st_size)
+                                          : 0;
+}
+
+}  // namespace
+
 absl::Status ObjectStore::Put(absl::string_view key, absl::string_view data) {
   RETURN_IF_ERROR(ValidateKey(key));
-  return DoPut(key, data);
+  return Counted(DoPut(key, data), StorageIo().bytes_uploaded, data.size());
 }
 
 absl::Status ObjectStore::PutFile(absl::string_view key,
                                   const std::string& local_path) {
   RETURN_IF_ERROR(ValidateKey(key));
-  return DoPutFile(key, local_path);
+  return Counted(DoPutFile(key, local_path), StorageIo().bytes_uploaded,
+                 LocalFileSize(local_path));
 }
 
 absl::StatusOr<std::unique_ptr<ObjectWriter>> ObjectStore::NewWriter(
@@ -158,7 +194,9 @@ absl::StatusOr<std::unique_ptr<ObjectWriter>> ObjectStore::NewWriter(
 
 absl::StatusOr<std::string> ObjectStore::Get(absl::string_view key) const {
   RETURN_IF_ERROR(ValidateKey(key));
-  return DoGet(key);
+  absl::StatusOr<std::string> data = DoGet(key);
+  return Counted(data, StorageIo().bytes_downloaded,
+                 data.ok() ? data->size() : 0);
 }
 
 absl::StatusOr<std::string> ObjectStore::GetRange(absl::string_view key,
@@ -171,13 +209,17 @@ absl::StatusOr<std::string> ObjectStore::GetRange(absl::string_view key,
         absl::StrCat("reading ", UriOf(key), ": invalid range offset ", offset,
                      ", length ", length));
   }
-  return DoGetRange(key, offset, length);
+  absl::StatusOr<std::string> data = DoGetRange(key, offset, length);
+  return Counted(data, StorageIo().bytes_downloaded,
+                 data.ok() ? data->size() : 0);
 }
 
 absl::Status ObjectStore::GetToFile(absl::string_view key,
                                     const std::string& local_path) const {
   RETURN_IF_ERROR(ValidateKey(key));
-  return DoGetToFile(key, local_path);
+  const absl::Status status = DoGetToFile(key, local_path);
+  return Counted(status, StorageIo().bytes_downloaded,
+                 status.ok() ? LocalFileSize(local_path) : 0);
 }
 
 absl::StatusOr<ObjectStat> ObjectStore::Stat(absl::string_view key) const {

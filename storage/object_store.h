@@ -10,6 +10,7 @@
 #ifndef LPD_STORAGE_OBJECT_STORE_H_
 #define LPD_STORAGE_OBJECT_STORE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
@@ -97,6 +98,16 @@ class ObjectWriter {
 //
 // The public methods validate their arguments and call the private Do*
 // methods, which back ends implement (non-virtual interface).
+// Bytes moved and failed calls of every ObjectStore of this process, counted
+// by the public methods (the metrics' lpd_storage_bytes_total{direction} and
+// lpd_storage_errors_total). NotFound is not an error here.
+struct StorageIoCounters {
+  std::atomic<uint64_t> bytes_uploaded{0};
+  std::atomic<uint64_t> bytes_downloaded{0};
+  std::atomic<uint64_t> errors{0};
+};
+StorageIoCounters& StorageIo();
+
 class ObjectStore {
  public:
   virtual ~ObjectStore() = default;

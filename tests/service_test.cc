@@ -129,9 +129,11 @@ class ServiceTest : public lpd::testing::TempDirTest {
   ChildProcess* StartWorker(const std::string& name) {
     const std::string log = dir_ + "/" + name + ".log";
     workers_[name] = std::make_unique<ChildProcess>(
-        std::vector<std::string>{LPD_WORKER_BIN, "serve", "--scheduler",
-                                 address_, "--device", "cpu", "--threads", "1",
-                                 "--name", name, "--lease-wait-ms", "2000"},
+        std::vector<std::string>{
+            LPD_WORKER_BIN, "serve", "--scheduler", address_, "--device", "cpu",
+            "--threads", "1", "--name", name, "--lease-wait-ms", "2000",
+            "--metrics-listen", "127.0.0.1:0", "--metrics-port-file",
+            dir_ + "/" + name + ".metrics-port"},
         log);
     ChildProcess* worker = workers_[name].get();
     EXPECT_TRUE(WaitFor(
@@ -383,10 +385,11 @@ TEST_F(ServiceTest, JobRunsEveryPhaseWithScoringSpreadOverTwoWorkers) {
   EXPECT_EQ(scheduler_->Wait(20s), 0) << scheduler_->Log();
 }
 
-// The scheduler's /metrics, scraped by a real Prometheus on loopback and
-// checked by promtool: the job's progress series while it runs, gone once
-// it ended; the totals and states after.
-TEST_F(ServiceTest, PrometheusScrapesTheSchedulersMetrics) {
+// The scheduler's and the worker's /metrics, checked by promtool, the
+// scheduler's also scraped by a real Prometheus on loopback: per-job series
+// while the job runs, gone once it ended; the totals and states after.
+TEST_F(ServiceTest,
+       MetricsOfSchedulerAndWorkerPassPromtoolAndPrometheusScrapes) {
   StartScheduler();
   const int prometheus_port = lpd::testing::FreePort();
   std::ofstream(dir_ + "/prometheus.yml")
@@ -401,6 +404,9 @@ TEST_F(ServiceTest, PrometheusScrapesTheSchedulersMetrics) {
        "--web.listen-address=127.0.0.1:" + std::to_string(prometheus_port)},
       dir_ + "/prometheus.log");
   StartWorker("w1");
+  ASSERT_TRUE(
+      WaitFor([&] { return fs::exists(dir_ + "/w1.metrics-port"); }, 20s));
+  const int worker_port = std::stoi(ReadFileText(dir_ + "/w1.metrics-port"));
   const Job job = MustSubmit(Named("metrics", 60, 30));
   const std::string series = "lpd_job_progress_ratio{job=\"" + job.id() + "\"}";
   EXPECT_TRUE(WaitFor(
@@ -409,6 +415,16 @@ TEST_F(ServiceTest, PrometheusScrapesTheSchedulersMetrics) {
                    .find(series) != std::string::npos;
       },
       60s));
+  // The worker's loss gauge while DISTILL runs.
+  const std::string loss_series =
+      "lpd_distill_loss{job=\"" + job.id() + "\",term=\"total\"}";
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return HttpBody(lpd::testing::HttpGet(worker_port, "/metrics"))
+                   .find(loss_series) != std::string::npos;
+      },
+      120s))
+      << DescribeLogs();
   WaitForState(job.id(), lpd::v1::JOB_STATE_SUCCEEDED);
 
   const std::string response = lpd::testing::HttpGet(metrics_port_, "/metrics");
@@ -424,6 +440,23 @@ TEST_F(ServiceTest, PrometheusScrapesTheSchedulersMetrics) {
   const auto checked = lpd::testing::RunCommand("promtool check metrics < " +
                                                 dir_ + "/metrics.txt");
   EXPECT_EQ(checked.exit_code, 0) << checked.output;
+
+  // The worker's: its steps, units and bytes; the job's loss series gone.
+  const std::string worker_text =
+      HttpBody(lpd::testing::HttpGet(worker_port, "/metrics"));
+  EXPECT_THAT(worker_text,
+              HasSubstr("lpd_distill_step_duration_seconds_count 60\n"));
+  EXPECT_THAT(worker_text, Not(HasSubstr(loss_series)));
+  EXPECT_THAT(worker_text, HasSubstr("lpd_score_units_total "));
+  EXPECT_THAT(worker_text, Not(HasSubstr("lpd_score_units_total 0\n")));
+  EXPECT_THAT(worker_text,
+              Not(HasSubstr("lpd_storage_bytes_total{direction=\"upload\"} "
+                            "0\n")));
+  EXPECT_THAT(worker_text, HasSubstr("lpd_storage_errors_total 0\n"));
+  std::ofstream(dir_ + "/worker-metrics.txt") << worker_text;
+  const auto worker_checked = lpd::testing::RunCommand(
+      "promtool check metrics < " + dir_ + "/worker-metrics.txt");
+  EXPECT_EQ(worker_checked.exit_code, 0) << worker_checked.output;
 
   // Prometheus scraped it: the query API sees the succeeded job.
   std::string answer;
@@ -529,6 +562,14 @@ TEST_F(ServiceTest, DataParallelDistillStopsOnSigtermAndResumesElsewhere) {
               HasSubstr("\"resumed_from\":" + std::to_string(stopped_at)))
       << messages;
   EXPECT_THAT(messages, HasSubstr("\"ranks\":2")) << messages;
+  // Rank 0's steps reached w2's metrics through its launcher (@step lines).
+  const int w2_port = std::stoi(ReadFileText(dir_ + "/w2.metrics-port"));
+  const std::string w2_metrics =
+      HttpBody(lpd::testing::HttpGet(w2_port, "/metrics"));
+  EXPECT_THAT(w2_metrics,
+              HasSubstr("lpd_distill_step_duration_seconds_count "));
+  EXPECT_THAT(w2_metrics,
+              Not(HasSubstr("lpd_distill_step_duration_seconds_count 0\n")));
   EXPECT_THAT(messages, Not(HasSubstr("expired"))) << messages;
 }
 

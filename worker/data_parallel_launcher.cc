@@ -21,6 +21,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "common/remove_tree.h"
@@ -92,18 +93,20 @@ absl::Status Spawn(ChildCommand& command, Rank& rank) {
     _exit(127);
   }
   close(fds[1]);
+  // Also here, so that the group exists before any signal is sent to it
+  // (whichever of parent and child runs first).
+  setpgid(pid, pid);
   rank.pid = pid;
   rank.out_fd = fds[0];
   return absl::OkStatus();
 }
 
-// Signals each rank still running, with what it started (its process
-// group).
+// Signals each rank still running, with what it started: its process group,
+// once (a rank takes a second SIGTERM as "exit now", with no checkpoint).
 void SignalAll(std::vector<Rank>& ranks, int signal) {
   for (const Rank& rank : ranks) {
     if (rank.exited || rank.pid <= 0) continue;
-    kill(-rank.pid, signal);
-    kill(rank.pid, signal);
+    if (kill(-rank.pid, signal) != 0) kill(rank.pid, signal);
   }
 }
 
@@ -274,6 +277,24 @@ absl::StatusOr<std::string> RunDataParallelDistill(
         progress_line = std::string(
             space == absl::string_view::npos ? "" : line.substr(space + 1));
         progress_new = true;
+        return;
+      }
+    }
+    if (rank.index == 0 && absl::ConsumePrefix(&line, "@step ")) {
+      std::vector<absl::string_view> fields =
+          absl::StrSplit(line, ' ', absl::SkipEmpty());
+      double seconds = 0;
+      if (!fields.empty() && absl::SimpleAtod(fields[0], &seconds)) {
+        std::vector<std::pair<std::string, double>> losses;
+        for (size_t i = 1; i < fields.size(); ++i) {
+          const size_t eq = fields[i].find('=');
+          double value = 0;
+          if (eq != absl::string_view::npos &&
+              absl::SimpleAtod(fields[i].substr(eq + 1), &value)) {
+            losses.emplace_back(std::string(fields[i].substr(0, eq)), value);
+          }
+        }
+        if (options.on_distill_step) options.on_distill_step(seconds, losses);
         return;
       }
     }

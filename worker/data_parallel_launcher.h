@@ -13,6 +13,7 @@
 // Rank 0 reports on its standard output, one line each:
 //   @progress <fraction> <text>   the task's progress
 //   @log <text>                   a log line
+//   @step <seconds> <name>=<value> ...  a distillation step (for metrics)
 // and any other line of any rank is passed on as a log line "rank R: ...".
 //
 // Stopping. When the progress callback returns non-OK (a cancel, the
@@ -27,6 +28,7 @@
 
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -69,6 +71,10 @@ struct DataParallelLaunchOptions {
       progress;
   // Log lines (no trailing newline). Null: stderr.
   std::function<void(const std::string&)> log;
+  // Rank 0's distillation steps, as engine::TaskContext::on_distill_step.
+  std::function<void(double seconds,
+                     const std::vector<std::pair<std::string, double>>& losses)>
+      on_distill_step;
 };
 
 // Runs DISTILL of `job` over options.world_size child processes and returns

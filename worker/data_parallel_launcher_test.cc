@@ -23,7 +23,7 @@ using ::testing::HasSubstr;
 
 // A stand-in for `lpd-worker distill-rank`: a shell script that behaves as
 // $MODE says, so the supervision is tested without LibTorch.
-constexpr char kFakeRank[] = R"(#!/bin/bash
+constexpr char kFakeRank[] = R"sh(#!/bin/bash
 rank= result= device=none
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -53,12 +53,19 @@ case "$MODE" in
     if [ "$rank" = 1 ]; then kill -9 $$; fi
     sleep 60 ;;
   stoppable)
-    trap 'fail 1 "stopped at step 3"' TERM
+    terms=0
+    trap 'terms=$((terms + 1)); echo "rank $rank got SIGTERM"' TERM
     echo "@progress 0.1 DISTILL: step 1/10"
-    for i in $(seq 100); do sleep 0.1; done
+    for i in $(seq 100); do
+      sleep 0.1
+      if [ $terms -gt 0 ]; then
+        sleep 0.5  # time for a second signal to arrive, if one were sent
+        fail 1 "stopped after $terms SIGTERM(s)"
+      fi
+    done
     ok '{}' ;;
 esac
-)";
+)sh";
 
 class LauncherTest : public ::testing::Test {
  protected:
@@ -155,6 +162,13 @@ TEST_F(LauncherTest, AStopFromProgressReachesEveryRank) {
   EXPECT_LT(seconds, 8);  // the ranks left on SIGTERM, not after 10 s
   EXPECT_THAT(logs_, ::testing::Contains(HasSubstr(
                          "stopping the data-parallel ranks (job cancelled)")));
+  // One SIGTERM per rank: a second one makes a real rank exit at once,
+  // without its checkpoint.
+  int terms = 0;
+  for (const std::string& line : logs_) {
+    if (line.find("got SIGTERM") != std::string::npos) ++terms;
+  }
+  EXPECT_EQ(terms, 2);
 }
 
 TEST_F(LauncherTest, RejectsADeviceWithAnIndexAndASingleRank) {

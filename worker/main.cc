@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <set>
 #include <string>
 #include <thread>
@@ -26,6 +27,8 @@
 #include "absl/time/time.h"
 #include "client/job_spec.h"
 #include "common/cli_args.h"
+#include "common/metrics.h"
+#include "common/metrics_http.h"
 #include "common/termination_signals.h"
 #include "engine/dataset.h"
 #include "engine/forward_runner.h"
@@ -40,6 +43,7 @@
 #include "storage/s3_flags.h"
 #include "worker/data_parallel_launcher.h"
 #include "worker/worker_loop.h"
+#include "worker/worker_metrics.h"
 
 namespace {
 
@@ -103,6 +107,10 @@ const std::vector<lpd::FlagSpec> kServeFlags = [] {
       {"gpus", false, false,
        "GPUs one task may use, told to the scheduler (default: 0 with "
        "--device cpu, else every GPU this process sees)"},
+      {"metrics-listen", false, false,
+       "address:port of the Prometheus /metrics endpoint (default: none)"},
+      {"metrics-port-file", false, false,
+       "write the metrics port actually bound to this file"},
   };
   for (const lpd::FlagSpec& spec : lpd::storage::S3FlagSpecs()) {
     flags.push_back(spec);
@@ -324,6 +332,7 @@ absl::StatusOr<nlohmann::json> RunDistill(const lpd::v1::CompressionJob& job,
   launch.threads_per_rank = std::max(1, threads / ranks);
   launch.progress = ctx.progress;
   launch.log = ctx.log;
+  launch.on_distill_step = ctx.on_distill_step;
   ForwardS3Flags(flags, launch);
   absl::StatusOr<std::string> result =
       lpd::worker::RunDataParallelDistill(job, launch);
@@ -404,6 +413,16 @@ int DistillRankCommand(const std::vector<std::string>& args) {
     std::printf("@log %s\n", line.c_str());
     std::fflush(stdout);
   };
+  context.on_distill_step =
+      [](double seconds,
+         const std::vector<std::pair<std::string, double>>& losses) {
+        std::string line = absl::StrCat("@step ", seconds);
+        for (const auto& [name, value] : losses) {
+          absl::StrAppend(&line, " ", name, "=", value);
+        }
+        std::printf("%s\n", line.c_str());
+        std::fflush(stdout);
+      };
   absl::StatusOr<nlohmann::json> result =
       lpd::engine::RunDistillTask(job, context);
   if (!result.ok()) return finish(result.status());
@@ -457,11 +476,27 @@ int RunJobCommand(const std::vector<std::string>& args) {
 // Runs one leased task with the engine's job tasks.
 absl::StatusOr<std::string> RunLeasedTask(
     const lpd::v1::Task& task, const lpd::worker::TaskProgress& progress,
-    const std::string& device, int threads, const lpd::CliArgs& flags) {
+    const std::string& device, int threads, const lpd::CliArgs& flags,
+    lpd::worker::WorkerMetrics& metrics) {
   lpd::engine::TaskContext context;
   context.device = device;
   context.threads = threads;
   context.progress = progress;
+  const std::string job_id = task.job_id();
+  context.on_distill_step =
+      [&metrics, job_id](
+          double seconds,
+          const std::vector<std::pair<std::string, double>>& losses) {
+        metrics.DistillStep(job_id, seconds, losses);
+      };
+  context.on_units_scored = [&metrics](int64_t units) {
+    metrics.UnitsScored(units);
+  };
+  struct EndOfTask {
+    lpd::worker::WorkerMetrics& metrics;
+    std::string job;
+    ~EndOfTask() { metrics.TaskEnded(job); }
+  } end_of_task{metrics, job_id};
   const std::string prefix =
       absl::StrCat("lpd-worker: task ", task.task_id(), ": ");
   context.log = [prefix](const std::string& line) {
@@ -533,11 +568,29 @@ int ServeCommand(const std::vector<std::string>& args) {
     return Fail(absl::InvalidArgumentError("--gpus must be >= 0"));
   }
   options.gpus = static_cast<int>(*gpus);
+  lpd::metrics::Registry registry;
+  lpd::worker::WorkerMetrics worker_metrics(registry, LPD_VERSION);
+  std::unique_ptr<lpd::metrics::MetricsHttpServer> metrics_server;
+  if (flags->Has("metrics-listen")) {
+    auto started = lpd::metrics::MetricsHttpServer::Start(
+        flags->Get("metrics-listen"),
+        [&registry] { return registry.Serialize(); });
+    if (!started.ok()) return Fail(started.status());
+    metrics_server = std::move(*started);
+    if (flags->Has("metrics-port-file")) {
+      const std::string path = flags->Get("metrics-port-file");
+      std::ofstream(path + ".tmp") << metrics_server->port() << "\n";
+      std::rename((path + ".tmp").c_str(), path.c_str());
+    }
+    std::fprintf(stderr, "lpd-worker: metrics on port %d (/metrics)\n",
+                 metrics_server->port());
+  }
   const int thread_count = static_cast<int>(*threads);
   const lpd::worker::TaskRunner runner =
       [&](const lpd::v1::Task& task,
           const lpd::worker::TaskProgress& progress) {
-        return RunLeasedTask(task, progress, device, thread_count, *flags);
+        return RunLeasedTask(task, progress, device, thread_count, *flags,
+                             worker_metrics);
       };
   const absl::Status status = lpd::worker::RunWorkerLoop(options, runner, stop);
   if (!status.ok()) return Fail(status);

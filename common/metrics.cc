@@ -24,13 +24,16 @@ bool ValidName(const std::string& name, bool colon) {
   return true;
 }
 
-std::string EscapeHelp(const std::string& help) {
+// HELP text escapes \ and newline; label values also ".
+std::string Escape(const std::string& text, bool quote) {
   std::string out;
-  for (char c : help) {
+  for (char c : text) {
     if (c == '\\') {
       out += "\\\\";
     } else if (c == '\n') {
       out += "\\n";
+    } else if (quote && c == '"') {
+      out += "\\\"";
     } else {
       out += c;
     }
@@ -54,8 +57,8 @@ std::string LabelText(const std::vector<std::string>& names,
 
 void Header(std::string& out, const std::string& name, const std::string& help,
             const char* type) {
-  absl::StrAppend(&out, "# HELP ", name, " ", EscapeHelp(help), "\n", "# TYPE ",
-                  name, " ", type, "\n");
+  absl::StrAppend(&out, "# HELP ", name, " ", Escape(help, /*quote=*/false),
+                  "\n", "# TYPE ", name, " ", type, "\n");
 }
 
 }  // namespace
@@ -118,19 +121,7 @@ std::string FormatValue(double value) {
 }
 
 std::string EscapeLabelValue(const std::string& value) {
-  std::string out;
-  for (char c : value) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '"') {
-      out += "\\\"";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
-  return out;
+  return Escape(value, /*quote=*/true);
 }
 
 void Registry::CheckNew(const std::string& name,

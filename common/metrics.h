@@ -34,6 +34,9 @@ class Counter {
  public:
   // Adds `amount` (>= 0; a negative amount is ignored: counters only rise).
   void Increment(double amount = 1);
+  // Raises the counter to `total` (a monotonic total kept elsewhere, read
+  // when scraped); a lower total is ignored.
+  void IncrementTo(double total) { Increment(total - value()); }
   double value() const { return value_.load(); }
 
  private:

@@ -10,7 +10,9 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -181,6 +183,24 @@ void MetricsHttpServer::Answer(int fd) {
                render_ ? render_() : std::string());
   if (parts[0] == "HEAD") response.resize(response.find("\r\n\r\n") + 4);
   WriteAll(fd, response);
+}
+
+void WritePortFile(const std::string& path, int port) {
+  const std::string tmp = path + ".tmp";
+  std::ofstream(tmp) << port << "\n";
+  std::rename(tmp.c_str(), path.c_str());
+}
+
+absl::StatusOr<std::unique_ptr<MetricsHttpServer>> ServeRegistry(
+    const Registry& registry, const std::string& listen,
+    const std::string& port_file) {
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> server =
+      MetricsHttpServer::Start(listen,
+                               [&registry] { return registry.Serialize(); });
+  if (server.ok() && !port_file.empty()) {
+    WritePortFile(port_file, (*server)->port());
+  }
+  return server;
 }
 
 }  // namespace lpd::metrics

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "common/metrics.h"
 
 namespace lpd::metrics {
 
@@ -41,6 +42,16 @@ class MetricsHttpServer {
   std::function<std::string()> render_;
   std::thread thread_;
 };
+
+// Writes `port` to `path` whole (a temporary file, then a rename), for
+// whoever started a server on port 0.
+void WritePortFile(const std::string& path, int port);
+
+// Serves `registry` (which must outlive the server) on `listen` and, when
+// `port_file` is not empty, writes the bound port there.
+absl::StatusOr<std::unique_ptr<MetricsHttpServer>> ServeRegistry(
+    const Registry& registry, const std::string& listen,
+    const std::string& port_file);
 
 }  // namespace lpd::metrics
 

@@ -34,13 +34,6 @@
 
 namespace {
 
-// Writes `port` to `path` whole (a temporary file, then a rename).
-void WritePortFile(const std::string& path, int port) {
-  const std::string tmp = path + ".tmp";
-  std::ofstream(tmp) << port << "\n";
-  std::rename(tmp.c_str(), path.c_str());
-}
-
 const std::vector<lpd::FlagSpec> kFlags = [] {
   std::vector<lpd::FlagSpec> flags = {
       {"listen", false, false,
@@ -158,7 +151,9 @@ int main(int argc, char** argv) {
     return Fail(
         absl::UnavailableError(absl::StrCat("cannot listen on ", listen)));
   }
-  if (flags->Has("port-file")) WritePortFile(flags->Get("port-file"), port);
+  if (flags->Has("port-file")) {
+    lpd::metrics::WritePortFile(flags->Get("port-file"), port);
+  }
   std::fprintf(stderr, "lpd-scheduler: serving on port %d, state in %s\n", port,
                options.state_dir.c_str());
 
@@ -167,14 +162,11 @@ int main(int argc, char** argv) {
   lpd::server::RegisterSchedulerMetrics(registry, **scheduler, LPD_VERSION);
   std::unique_ptr<lpd::metrics::MetricsHttpServer> metrics_server;
   if (flags->Has("metrics-listen")) {
-    auto started = lpd::metrics::MetricsHttpServer::Start(
-        flags->Get("metrics-listen"),
-        [&registry] { return registry.Serialize(); });
+    auto started =
+        lpd::metrics::ServeRegistry(registry, flags->Get("metrics-listen"),
+                                    flags->Get("metrics-port-file"));
     if (!started.ok()) return Fail(started.status());
     metrics_server = std::move(*started);
-    if (flags->Has("metrics-port-file")) {
-      WritePortFile(flags->Get("metrics-port-file"), metrics_server->port());
-    }
     std::fprintf(stderr, "lpd-scheduler: metrics on port %d (/metrics)\n",
                  metrics_server->port());
   }

@@ -14,11 +14,6 @@ std::string StateLabel(lpd::v1::JobState state) {
   return absl::AsciiStrToLower(name);
 }
 
-// Sets a counter that mirrors a monotonic total kept elsewhere.
-void CatchUp(metrics::Counter& counter, double total) {
-  counter.Increment(total - counter.value());
-}
-
 }  // namespace
 
 void RegisterSchedulerMetrics(metrics::Registry& registry,
@@ -43,26 +38,26 @@ void RegisterSchedulerMetrics(metrics::Registry& registry,
       "lpd_tasks_retried_total",
       "Tasks put back in the queue since this scheduler started, by reason.",
       {"reason"});
-  registry.AddCollector(
-      [&scheduler, &submitted, &jobs, &progress, &workers, &retried] {
-        const Scheduler::Stats stats = scheduler.GetStats();
-        CatchUp(submitted.With({}), static_cast<double>(stats.jobs_submitted));
-        for (const auto& [state, count] : stats.jobs) {
-          jobs.With({StateLabel(state)}).Set(static_cast<double>(count));
-        }
-        std::vector<std::vector<std::string>> active;
-        for (const auto& [id, ratio] : stats.active_progress) {
-          progress.With({id}).Set(ratio);
-          active.push_back({id});
-        }
-        progress.RetainOnly(active);
-        workers.With({"busy"}).Set(static_cast<double>(stats.workers_busy));
-        workers.With({"idle"}).Set(static_cast<double>(stats.workers_idle));
-        CatchUp(retried.With({"lease_expired"}),
-                static_cast<double>(stats.tasks_requeued_lease_expired));
-        CatchUp(retried.With({"failed"}),
-                static_cast<double>(stats.tasks_requeued_failed));
-      });
+  registry.AddCollector([&scheduler, &submitted, &jobs, &progress, &workers,
+                         &retried] {
+    const Scheduler::Stats stats = scheduler.GetStats();
+    submitted.With({}).IncrementTo(static_cast<double>(stats.jobs_submitted));
+    for (const auto& [state, count] : stats.jobs) {
+      jobs.With({StateLabel(state)}).Set(static_cast<double>(count));
+    }
+    std::vector<std::vector<std::string>> active;
+    for (const auto& [id, ratio] : stats.active_progress) {
+      progress.With({id}).Set(ratio);
+      active.push_back({id});
+    }
+    progress.RetainOnly(active);
+    workers.With({"busy"}).Set(static_cast<double>(stats.workers_busy));
+    workers.With({"idle"}).Set(static_cast<double>(stats.workers_idle));
+    retried.With({"lease_expired"})
+        .IncrementTo(static_cast<double>(stats.tasks_requeued_lease_expired));
+    retried.With({"failed"})
+        .IncrementTo(static_cast<double>(stats.tasks_requeued_failed));
+  });
 }
 
 }  // namespace lpd::server

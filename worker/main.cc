@@ -572,16 +572,11 @@ int ServeCommand(const std::vector<std::string>& args) {
   lpd::worker::WorkerMetrics worker_metrics(registry, LPD_VERSION);
   std::unique_ptr<lpd::metrics::MetricsHttpServer> metrics_server;
   if (flags->Has("metrics-listen")) {
-    auto started = lpd::metrics::MetricsHttpServer::Start(
-        flags->Get("metrics-listen"),
-        [&registry] { return registry.Serialize(); });
+    auto started =
+        lpd::metrics::ServeRegistry(registry, flags->Get("metrics-listen"),
+                                    flags->Get("metrics-port-file"));
     if (!started.ok()) return Fail(started.status());
     metrics_server = std::move(*started);
-    if (flags->Has("metrics-port-file")) {
-      const std::string path = flags->Get("metrics-port-file");
-      std::ofstream(path + ".tmp") << metrics_server->port() << "\n";
-      std::rename((path + ".tmp").c_str(), path.c_str());
-    }
     std::fprintf(stderr, "lpd-worker: metrics on port %d (/metrics)\n",
                  metrics_server->port());
   }

@@ -3,14 +3,6 @@
 #include "storage/object_store.h"
 
 namespace lpd::worker {
-namespace {
-
-// Sets a counter that mirrors a monotonic total kept elsewhere.
-void CatchUp(metrics::Counter& counter, double total) {
-  counter.Increment(total - counter.value());
-}
-
-}  // namespace
 
 WorkerMetrics::WorkerMetrics(metrics::Registry& registry,
                              const std::string& version)
@@ -45,11 +37,11 @@ WorkerMetrics::WorkerMetrics(metrics::Registry& registry,
           .With({});
   registry.AddCollector([&bytes, &errors] {
     const storage::StorageIoCounters& io = storage::StorageIo();
-    CatchUp(bytes.With({"upload"}),
-            static_cast<double>(io.bytes_uploaded.load()));
-    CatchUp(bytes.With({"download"}),
-            static_cast<double>(io.bytes_downloaded.load()));
-    CatchUp(errors, static_cast<double>(io.errors.load()));
+    bytes.With({"upload"})
+        .IncrementTo(static_cast<double>(io.bytes_uploaded.load()));
+    bytes.With({"download"})
+        .IncrementTo(static_cast<double>(io.bytes_downloaded.load()));
+    errors.IncrementTo(static_cast<double>(io.errors.load()));
   });
 }
 

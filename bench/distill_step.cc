@@ -5,25 +5,41 @@
 // unpruned; SDXL with the deepest attentions cut to 4 transformer blocks.
 //
 //   distill_step [--case sd15|sdxl|sdxl-pruned|all] [--steps 10]
-//                [--precision bf16|bf16-master|fp32]
+//                [--precision bf16|bf16-master|fp32] [--fused-training off]
+//                [--profile PREFIX] [--check-kernels]
+//
+// --fused-training off records the plain ops for the student's group norms
+// and GEGLUs (the fused autograd nodes are the default); --profile writes a
+// Kineto trace of two steps per case to PREFIX-<case>.json (LibTorch 2.x with
+// CUDA; bench/trace_summary.py reads it); --check-kernels compares, on the
+// GPU, the fused nodes' gradients and the fused AdamW step with the plain
+// ones before measuring.
 #include <torch/cuda.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #ifdef LPD_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#if TORCH_VERSION_MAJOR >= 2
+#include <torch/csrc/autograd/profiler_kineto.h>
+#define LPD_WITH_KINETO 1
+#endif
 #endif
 
 #include "bench/random_unet.h"
 #include "common/cli_args.h"
 #include "engine/distill.h"
+#include "engine/fused_ops.h"
 #include "engine/model_loader.h"
 #include "engine/scoring.h"
 #include "engine/unet.h"
@@ -57,9 +73,118 @@ double PeakGiB(torch::Device device) {
   return 0;
 }
 
+// Runs `fn` under the Kineto profiler (CPU and CUDA activity) and writes the
+// trace to `path`.
+bool ProfileToFile(const std::string& path, const std::function<void()>& fn) {
+#ifdef LPD_WITH_KINETO
+  namespace prof = torch::autograd::profiler;
+  namespace impl = torch::profiler::impl;
+  const impl::ProfilerConfig config(impl::ProfilerState::KINETO);
+  const std::set<impl::ActivityType> activities = {impl::ActivityType::CPU,
+                                                   impl::ActivityType::CUDA};
+  prof::prepareProfiler(config, activities);
+  prof::enableProfiler(config, activities);
+  fn();
+  torch::cuda::synchronize();
+  prof::disableProfiler()->save(path);
+  std::printf("  profile of two steps: %s\n", path.c_str());
+  return true;
+#else
+  (void)path, (void)fn;
+  std::printf("  --profile needs LibTorch 2.x with CUDA\n");
+  return false;
+#endif
+}
+
+// Largest difference of b from a relative to a's largest magnitude.
+double RelativeDiff(const torch::Tensor& a, const torch::Tensor& b) {
+  torch::Tensor fa = a.to(torch::kFloat32), fb = b.to(torch::kFloat32);
+  return ((fa - fb).abs().max() / fa.abs().max().clamp_min(1e-30))
+      .item<double>();
+}
+
+// The fused autograd nodes against autograd through the plain ops, and the
+// fused AdamW step against the multi-tensor one, on the GPU.
+void CheckKernels(torch::Device device) {
+  for (torch::Dtype dtype : {torch::kFloat32, torch::kBFloat16}) {
+    const auto to = torch::TensorOptions().device(device).dtype(dtype);
+    auto grads = [&](const std::vector<torch::Tensor>& inputs,
+                     const torch::Tensor& probe, bool fused,
+                     const std::function<torch::Tensor(
+                         const std::vector<torch::Tensor>&)>& f) {
+      SetFusedTrainingKernelsEnabled(fused);
+      std::vector<torch::Tensor> leaves;
+      for (const auto& t : inputs) {
+        leaves.push_back(t.detach().clone().set_requires_grad(true));
+      }
+      torch::Tensor y = f(leaves);
+      (y * probe).sum().backward();
+      std::vector<torch::Tensor> out = {y.detach()};
+      for (auto& l : leaves) out.push_back(l.grad());
+      SetFusedTrainingKernelsEnabled(true);
+      return out;
+    };
+    auto compare = [&](const char* name, const std::vector<torch::Tensor>& in,
+                       const torch::Tensor& probe, const auto& f) {
+      auto plain = grads(in, probe, false, f);
+      auto fused = grads(in, probe, true, f);
+      std::printf("  check %-5s %-22s", torch::toString(dtype), name);
+      const char* labels[] = {"y", "dx", "dw", "db", "dadd"};
+      for (size_t i = 0; i < plain.size(); ++i) {
+        std::printf(" %s %.1e", labels[std::min<size_t>(i, 4)],
+                    RelativeDiff(plain[i], fused[i]));
+      }
+      std::printf("\n");
+    };
+    torch::manual_seed(1);
+    torch::Tensor x = torch::randn({4, 320, 32, 32}, to)
+                          .contiguous(torch::MemoryFormat::ChannelsLast);
+    std::vector<torch::Tensor> in = {x, torch::rand({320}, to) + 0.5,
+                                     torch::randn({320}, to),
+                                     torch::randn({4, 320}, to)};
+    torch::Tensor probe = torch::randn_like(x);
+    compare("group_norm+add+silu", in, probe,
+            [](const std::vector<torch::Tensor>& v) {
+              return GroupNormAct(v[0], v[3], 32, v[1], v[2], 1e-5, true);
+            });
+    in.pop_back();
+    compare("group_norm", in, probe, [](const std::vector<torch::Tensor>& v) {
+      return GroupNormAct(v[0], {}, 32, v[1], v[2], 1e-6, false);
+    });
+    torch::Tensor g = torch::randn({4, 256, 2560}, to);
+    compare("geglu", {g}, torch::randn({4, 256, 1280}, to),
+            [](const std::vector<torch::Tensor>& v) { return Geglu(v[0]); });
+
+    // AdamW: three steps each way from the same start.
+    std::vector<torch::Tensor> params = {
+        torch::randn({640, 320, 3, 3}, to)
+            .contiguous(torch::MemoryFormat::ChannelsLast),
+        torch::randn({1280}, to)};
+    std::vector<torch::Tensor> result[2];
+    for (int fused = 0; fused < 2; ++fused) {
+      std::vector<torch::Tensor> p;
+      for (auto& t : params) p.push_back(t.clone().set_requires_grad(true));
+      torch::optim::AdamW opt(
+          p, torch::optim::AdamWOptions(1e-3).weight_decay(0.01));
+      torch::manual_seed(2);
+      for (int step = 0; step < 3; ++step) {
+        for (auto& t : p) t.mutable_grad() = torch::randn_like(t);
+        MultiTensorAdamWStep(opt, fused == 1);
+      }
+      result[fused] = p;
+    }
+    std::printf("  check %-5s %-22s p0 %.1e p1 %.1e (change %.1e)\n",
+                torch::toString(dtype), "fused AdamW",
+                RelativeDiff(result[0][0], result[1][0]),
+                RelativeDiff(result[0][1], result[1][1]),
+                RelativeDiff(params[0], result[0][0]));
+  }
+}
+
 int RunCase(const std::string& name, const std::string& file, int64_t batch,
             int64_t size, double prune_ratio, torch::Device device,
-            TrainingPrecision precision, int steps) {
+            TrainingPrecision precision, int steps,
+            const std::string& profile_prefix) {
   const torch::Dtype dtype = precision == TrainingPrecision::kFloat32
                                  ? torch::kFloat32
                                  : torch::kBFloat16;
@@ -132,6 +257,13 @@ int RunCase(const std::string& name, const std::string& file, int64_t batch,
       name.c_str(), static_cast<long>(batch), static_cast<long>(size),
       static_cast<long>(size), (*trainer)->student()->NumParameters() / 1e9,
       median * 1e3, batch / median, PeakGiB(device));
+  if (!profile_prefix.empty()) {
+    std::string tag = name;
+    for (char& c : tag) c = c == ' ' ? '-' : c;
+    ProfileToFile(profile_prefix + "-" + tag + ".json", [&] {
+      for (int i = 0; i < 2; ++i) (void)(*trainer)->Step(b);
+    });
+  }
   return 0;
 }
 
@@ -143,6 +275,10 @@ int main(int argc, char** argv) {
       {"case", false, false, "sd15, sdxl, sdxl-pruned or all (default)"},
       {"steps", false, false, "timed steps (default 10)"},
       {"precision", false, false, "bf16 (default), bf16-master or fp32"},
+      {"fused-training", false, false,
+       "on (default) or off: the student's fused autograd nodes"},
+      {"profile", false, false, "write Kineto traces to PREFIX-<case>.json"},
+      {"check-kernels", false, true, "compare fused and plain gradients"},
   };
   auto flags = lpd::CliArgs::Parse(
       std::vector<std::string>(argv + 1, argv + argc), specs);
@@ -161,19 +297,22 @@ int main(int argc, char** argv) {
                                 : TrainingPrecision::kBFloat16);
   const int steps = static_cast<int>(flags->GetInt("steps", 10).value_or(10));
   at::globalContext().setBenchmarkCuDNN(true);
+  SetFusedTrainingKernelsEnabled(flags->Get("fused-training", "on") != "off");
+  if (flags->Has("check-kernels") && device->is_cuda()) CheckKernels(*device);
+  const std::string profile = flags->Get("profile", "");
   const std::string which = flags->Get("case", "all");
   int rc = 0;
   if (which == "all" || which == "sd15") {
     rc |= RunCase("SD-v1.5", "sd15-unet.json", 8, 64, 0, *device, precision,
-                  steps);
+                  steps, profile);
   }
   if (which == "all" || which == "sdxl") {
     rc |= RunCase("SDXL", "sdxl-base-unet.json", 4, 128, 0, *device, precision,
-                  steps);
+                  steps, profile);
   }
   if (which == "all" || which == "sdxl-pruned") {
     rc |= RunCase("SDXL pruned", "sdxl-base-unet.json", 4, 128, 0.487, *device,
-                  precision, steps);
+                  precision, steps, profile);
   }
   return rc;
 }

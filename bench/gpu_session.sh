@@ -15,6 +15,13 @@
 #                               then the table
 #   bench/gpu_session.sh scaling  distill_ddp SD-v1.5 and SDXL on 1 and 2 GPUs,
 #                               and the tiny job with distill.gpus 2
+#   bench/gpu_session.sh speed [sd15,sdxl,sdxl-pruned,ab,forward,profile]
+#                               one GPU: the fused training kernels checked
+#                               against autograd, distill_step per case (ab:
+#                               also with --fused-training off), Kineto
+#                               profiles summarized, the tiny models' CUDA
+#                               forward against the reference vectors and
+#                               unet_forward
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-out/gpu-session}
@@ -29,7 +36,7 @@ build() {
       -DLPD_BUILD_TESTS=OFF -DLPD_BUILD_FUZZERS=OFF $LPD_CMAKE_ARGS \
       >out/cmake.log 2>&1 || { tail -30 out/cmake.log; exit 1; }
   fi
-  cmake --build build-gpu --target quality_study distill_ddp lpd-worker \
+  cmake --build build-gpu --target ${BUILD_TARGETS:-quality_study distill_ddp lpd-worker} \
     >out/build.log 2>&1 || { grep -E "error|FAILED" out/build.log | head -30; exit 1; }
   echo "build: $((SECONDS - start)) s"
 }
@@ -119,8 +126,43 @@ EOF
     timeout 100 build-gpu/bench/distill_ddp --case sdxl --world-sizes 1,2 \
       --steps 15 2>&1 | tee "$out/ddp-sdxl.txt" | grep -v Warning | tail -6
     ;;
+  speed)
+    BUILD_TARGETS="distill_step unet_forward lpd-worker" build
+    parts=${2:-sd15,sdxl,sdxl-pruned,ab,forward,profile}
+    has() { [[ ",$parts," == *",$1,"* ]]; }
+    prof=""
+    has profile && prof="--profile $out/trace"
+    has sd15 && build-gpu/bench/distill_step --case sd15 --steps 10 \
+      --check-kernels $prof 2>&1 | grep -v Warning | tee "$out/distill-sd15.txt"
+    has ab && build-gpu/bench/distill_step --case sd15 --steps 10 \
+      --fused-training off 2>&1 | grep -v Warning | tail -1
+    has sdxl && build-gpu/bench/distill_step --case sdxl --steps 6 $prof 2>&1 |
+      grep -v Warning | tee "$out/distill-sdxl.txt"
+    has sdxl-pruned && build-gpu/bench/distill_step --case sdxl-pruned \
+      --steps 6 2>&1 | grep -v Warning | tee "$out/distill-sdxl-pruned.txt"
+    has ab && build-gpu/bench/distill_step --case sdxl --steps 6 \
+      --fused-training off 2>&1 | grep -v Warning | tail -1
+    for t in "$out"/trace-*.json; do
+      [ -f "$t" ] || continue
+      echo "== $t"
+      python3 bench/trace_summary.py "$t" --top 30 | tee "${t%.json}.txt"
+      gzip -f "$t"
+    done
+    if has forward; then
+      for m in tiny-sd15 tiny-sdxl; do
+        build-gpu/worker/lpd-worker forward --model .gpu-data/$m \
+          --inputs .gpu-data/$m/vectors.safetensors --out out/$m.safetensors \
+          --device cuda --dtype float32 >/dev/null &&
+          echo "== $m cuda float32 vs reference" &&
+          python3 bench/compare_outputs.py out/$m.safetensors \
+            .gpu-data/$m/vectors.safetensors --tol 1e-3 | tail -1
+      done
+      build-gpu/bench/unet_forward --mode graph --iters 30 2>&1 |
+        grep -v Warning | tee "$out/unet-forward.txt"
+    fi
+    ;;
   *)
-    echo "usage: $0 dp|gate|rows|scaling" >&2
+    echo "usage: $0 dp|gate|rows|scaling|speed" >&2
     exit 2
     ;;
 esac

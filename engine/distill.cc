@@ -1,5 +1,6 @@
 #include "engine/distill.h"
 
+#include <ATen/record_function.h>
 #include <c10/util/C++17.h>
 #include <stdlib.h>
 #include <torch/optim/adamw.h>
@@ -13,6 +14,7 @@
 #include <map>
 #include <string>
 #include <system_error>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -90,9 +92,26 @@ auto StateKey(const torch::Tensor& tensor) {
 #endif
 }
 
+// The 2-norm of all of `tensors` together, computed in float per tensor
+// with multi-tensor kernels.
+double GlobalNorm(const std::vector<torch::Tensor>& tensors) {
+  if (tensors.empty()) return 0.0;
+#if TORCH_VERSION_MAJOR >= 2
+  std::vector<torch::Tensor> norms =
+      at::_foreach_norm(tensors, 2, torch::kFloat32);
+#else
+  std::vector<torch::Tensor> norms;
+  for (const torch::Tensor& t : tensors) {
+    norms.push_back(
+        at::linalg_vector_norm(t, 2, c10::nullopt, false, torch::kFloat32));
+  }
+#endif
+  return at::stack(norms).to(torch::kFloat64).norm().item<double>();
+}
+
 }  // namespace
 
-void MultiTensorAdamWStep(torch::optim::AdamW& optimizer) {
+void MultiTensorAdamWStep(torch::optim::AdamW& optimizer, bool allow_fused) {
   torch::NoGradGuard no_grad;
   for (auto& group : optimizer.param_groups()) {
     auto& o = static_cast<torch::optim::AdamWOptions&>(group.options());
@@ -102,11 +121,12 @@ void MultiTensorAdamWStep(torch::optim::AdamW& optimizer) {
     }
     const double lr = o.lr(), wd = o.weight_decay(), eps = o.eps();
     const double beta1 = std::get<0>(o.betas()), beta2 = std::get<1>(o.betas());
-    // Tensors grouped by their step count (all equal in practice).
+    // Tensors grouped by step count (all equal in practice), dtype and
+    // device.
     struct Lists {
       std::vector<torch::Tensor> params, grads, avgs, sqs;
     };
-    std::map<int64_t, Lists> by_step;
+    std::map<std::tuple<int64_t, int, std::string>, Lists> by_step;
     for (torch::Tensor& p : group.params()) {
       if (!p.grad().defined()) continue;
       auto& slot = optimizer.state()[StateKey(p)];
@@ -119,13 +139,30 @@ void MultiTensorAdamWStep(torch::optim::AdamW& optimizer) {
       }
       auto& state = static_cast<torch::optim::AdamWParamState&>(*slot);
       state.step(state.step() + 1);
-      Lists& lists = by_step[state.step()];
+      Lists& lists = by_step[{state.step(), static_cast<int>(p.scalar_type()),
+                              p.device().str()}];
       lists.params.push_back(p);
       lists.grads.push_back(p.grad());
       lists.avgs.push_back(state.exp_avg());
       lists.sqs.push_back(state.exp_avg_sq());
     }
-    for (auto& [step, l] : by_step) {
+    for (auto& [key, l] : by_step) {
+      const int64_t step = std::get<0>(key);
+#if TORCH_VERSION_MAJOR >= 2
+      if (allow_fused && l.params.front().is_cuda()) {
+        // The kernel reads each tensor's step count (already incremented).
+        std::vector<torch::Tensor> steps =
+            torch::full({static_cast<int64_t>(l.params.size())},
+                        static_cast<double>(step),
+                        l.params.front().options().dtype(torch::kFloat32))
+                .unbind(0);
+        at::_fused_adamw_(l.params, l.grads, l.avgs, l.sqs, {}, steps, lr,
+                          beta1, beta2, wd, eps, /*amsgrad=*/false,
+                          /*maximize=*/false);
+        continue;
+      }
+#endif
+      (void)allow_fused;
       const double bias_correction1 = 1 - std::pow(beta1, step);
       const double bias_correction2 = 1 - std::pow(beta2, step);
       if (wd != 0) at::_foreach_mul_(l.params, 1 - lr * wd);
@@ -468,13 +505,18 @@ absl::StatusOr<DistillTrainer::Forward> DistillTrainer::RunForward(
   return GuardTorch("distillation forward", [&]() -> absl::StatusOr<Forward> {
     RETURN_IF_ERROR(student_->ValidateInputs(batch.noised));
     Forward f;
+    // (The RECORD_USER_SCOPEs name the parts of a step in profiles.)
     {
+      RECORD_USER_SCOPE("distill.teacher_forward");
       torch::NoGradGuard no_grad;
       f.teacher_out = teacher_->forward(ToModel(batch.noised, teacher_dtype_),
                                         {}, &f.teacher_features);
     }
-    f.student_out = student_->forward(ToModel(batch.noised, student_dtype_), {},
-                                      &f.student_features);
+    {
+      RECORD_USER_SCOPE("distill.student_forward");
+      f.student_out = student_->forward(ToModel(batch.noised, student_dtype_),
+                                        {}, &f.student_features);
+    }
     f.target = batch.target.defined() ? batch.target.to(options_.device)
                                       : batch.target;
     return f;
@@ -773,12 +815,16 @@ absl::StatusOr<StepReport> DistillTrainer::Step(const TrainingBatch& batch) {
       }
     }
     if (reducer_) reducer_->Arm();
-    objective.backward();
+    {
+      RECORD_USER_SCOPE("distill.backward");
+      objective.backward();
+    }
     // Data-parallel: every rank continues with the mean gradient.
     if (reducer_) RETURN_IF_ERROR(reducer_->Finish());
 
     std::vector<torch::Tensor> grads;
     {
+      RECORD_USER_SCOPE("distill.clip");
       torch::NoGradGuard no_grad;
       if (!grad_buffers_.empty()) {
         grads = grad_buffers_;  // every gradient, flat
@@ -797,17 +843,9 @@ absl::StatusOr<StepReport> DistillTrainer::Step(const TrainingBatch& batch) {
       if (distributed() && !reducer_) {
         RETURN_IF_ERROR(options_.data_parallel->AllReduceMean(grads));
       }
-      // One host synchronization for the global norm, not one per tensor.
-      std::vector<torch::Tensor> norms;
-      norms.reserve(grads.size());
-      for (const torch::Tensor& g : grads) {
-        norms.push_back(
-            at::linalg_vector_norm(g, 2, c10::nullopt, false, torch::kFloat32));
-      }
-      report.grad_norm =
-          norms.empty()
-              ? 0.0
-              : at::stack(norms).to(torch::kFloat64).norm().item<double>();
+      // Multi-tensor norms and one host synchronization for the global
+      // norm, not a launch and a wait per tensor.
+      report.grad_norm = GlobalNorm(grads);
       if (distributed()) {
         // Long computed by now: reading it back waits for nothing.
         report.loss = GlobalLossValues(distributed_loss,
@@ -821,10 +859,13 @@ absl::StatusOr<StepReport> DistillTrainer::Step(const TrainingBatch& batch) {
       if (options_.max_grad_norm > 0 &&
           report.grad_norm > options_.max_grad_norm) {
         const double scale = options_.max_grad_norm / (report.grad_norm + 1e-6);
-        for (torch::Tensor& g : grads) g.mul_(scale);
+        at::_foreach_mul_(grads, scale);
       }
     }
-    MultiTensorAdamWStep(*optimizer_);
+    {
+      RECORD_USER_SCOPE("distill.adamw");
+      MultiTensorAdamWStep(*optimizer_);
+    }
     if (!masters_.empty()) {
       torch::NoGradGuard no_grad;
       for (size_t i = 0; i < params_.size(); ++i) {

@@ -116,8 +116,11 @@ uint64_t BatchSeed(uint64_t seed, int64_t step);
 // torch::optim::AdamW::step computes it (same state, same arithmetic per
 // element) but with LibTorch's multi-tensor kernels: a handful of launches per
 // step instead of about seven per parameter tensor. AMSGrad falls back to
-// optimizer.step().
-void MultiTensorAdamWStep(torch::optim::AdamW& optimizer);
+// optimizer.step(). On CUDA with LibTorch 2.x, `allow_fused` runs LibTorch's
+// fused AdamW kernel instead (one pass over parameter, gradient and state;
+// the same update, computed in float).
+void MultiTensorAdamWStep(torch::optim::AdamW& optimizer,
+                          bool allow_fused = true);
 
 // How the student is held while training.
 enum class TrainingPrecision {

@@ -4,7 +4,10 @@
 #include <torch/torch.h>
 
 #include <atomic>
+#include <cmath>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #ifdef LPD_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -15,20 +18,62 @@
 namespace lpd::engine {
 namespace {
 
-std::atomic<bool> fused_enabled{true};
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
 
-#ifdef LPD_WITH_CUDA
+std::atomic<bool> fused_enabled{true};
+std::atomic<bool> fused_training_enabled{true};
+std::atomic<bool> autograd_on_every_device{false};
+
+bool NeedsGradient(std::initializer_list<const torch::Tensor*> tensors) {
+  if (!torch::GradMode::is_enabled()) return false;
+  for (const torch::Tensor* t : tensors) {
+    if (t->defined() && t->requires_grad()) return true;
+  }
+  return false;
+}
+
 // Whether the fused CUDA kernels can take `x`: on the GPU, in a supported
-// dtype, with no gradient to record.
-bool UseKernel(const torch::Tensor& x) {
+// dtype.
+bool KernelTakes(const torch::Tensor& x) {
+#ifdef LPD_WITH_CUDA
   if (!fused_enabled.load(std::memory_order_relaxed) || !x.is_cuda()) {
     return false;
   }
-  if (torch::GradMode::is_enabled() && x.requires_grad()) return false;
   const auto t = x.scalar_type();
   return t == torch::kFloat32 || t == torch::kBFloat16 || t == torch::kFloat16;
+#else
+  (void)x;
+  return false;
+#endif
 }
 
+bool GroupNormKernelTakes(const torch::Tensor& x, const torch::Tensor& add,
+                          int64_t groups, const torch::Tensor& weight,
+                          const torch::Tensor& bias) {
+  if (!KernelTakes(x) || x.dim() != 4) return false;
+  const int64_t channels = x.size(1);
+  return channels % groups == 0 && (channels / groups) % 2 == 0 &&
+         x.is_contiguous(torch::MemoryFormat::ChannelsLast) &&
+         weight.scalar_type() == x.scalar_type() && weight.is_contiguous() &&
+         bias.scalar_type() == x.scalar_type() && bias.is_contiguous() &&
+         (!add.defined() ||
+          (add.scalar_type() == x.scalar_type() && add.is_contiguous()));
+}
+
+bool GegluKernelTakes(const torch::Tensor& x) {
+  return KernelTakes(x) && x.is_contiguous() && (x.size(-1) / 2) % 2 == 0;
+}
+
+// Whether a gradient-recording call runs as the fused autograd node.
+bool UseFusedNode(bool kernel_takes, const torch::Tensor& x) {
+  if (!fused_training_enabled.load(std::memory_order_relaxed)) return false;
+  return kernel_takes ||
+         (autograd_on_every_device.load(std::memory_order_relaxed) &&
+          x.dim() >= 2);
+}
+
+#ifdef LPD_WITH_CUDA
 cuda::ElementType ElementTypeOf(const torch::Tensor& x) {
   switch (x.scalar_type()) {
     case torch::kBFloat16:
@@ -46,7 +91,271 @@ void Check(cudaError_t error, const char* what) {
                              cudaGetErrorString(error));
   }
 }
+
+cudaStream_t CurrentStream() {
+  return c10::cuda::getCurrentCUDAStream().stream();
+}
 #endif
+
+// The arithmetic dtype of the plain-op formulas: double for double inputs,
+// float otherwise (as the kernels).
+torch::Dtype ComputeDtype(const torch::Tensor& x) {
+  return x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+}
+
+// act(group_norm(x + add)) in one kernel (stats: float [B, G, 2], written
+// when defined).
+torch::Tensor GroupNormActKernel(const torch::Tensor& x,
+                                 const torch::Tensor& add, int64_t groups,
+                                 const torch::Tensor& weight,
+                                 const torch::Tensor& bias, double eps,
+                                 bool silu, const torch::Tensor& stats) {
+#ifdef LPD_WITH_CUDA
+  const int64_t batch = x.size(0), channels = x.size(1);
+  const int64_t hw = x.size(2) * x.size(3);
+  torch::Tensor y = torch::empty_like(x, torch::MemoryFormat::ChannelsLast);
+  torch::Tensor workspace = torch::empty(
+      {static_cast<int64_t>(cuda::GroupNormWorkspaceBytes(batch, groups))},
+      x.options().dtype(torch::kUInt8));
+  Check(cuda::LaunchGroupNormNhwc(
+            ElementTypeOf(x), x.data_ptr(),
+            add.defined() ? add.data_ptr() : nullptr, weight.data_ptr(),
+            bias.data_ptr(), y.data_ptr(), batch, hw, channels, groups,
+            static_cast<float>(eps), silu, workspace.data_ptr(),
+            stats.defined() ? stats.data_ptr() : nullptr, CurrentStream()),
+        "group norm kernel");
+  return y;
+#else
+  (void)x, (void)add, (void)groups, (void)weight, (void)bias, (void)eps,
+      (void)silu, (void)stats;
+  throw std::logic_error("fused kernels are not in this build");
+#endif
+}
+
+torch::Tensor GroupNormActPlain(const torch::Tensor& x,
+                                const torch::Tensor& add, int64_t groups,
+                                const torch::Tensor& weight,
+                                const torch::Tensor& bias, double eps,
+                                bool silu) {
+  torch::Tensor h = add.defined() ? x + add.unsqueeze(-1).unsqueeze(-1) : x;
+  h = at::group_norm(h, groups, weight, bias, eps);
+  return silu ? at::silu(h) : h;
+}
+
+// [B, G] per-group values → [B, C, 1, 1] per channel.
+torch::Tensor PerChannel(const torch::Tensor& per_group, int64_t channels,
+                         int64_t dims) {
+  const int64_t batch = per_group.size(0), groups = per_group.size(1);
+  std::vector<int64_t> shape = {batch, channels};
+  shape.resize(dims, 1);
+  return per_group.unsqueeze(-1)
+      .expand({batch, groups, channels / groups})
+      .reshape(shape);
+}
+
+// The autograd node of GroupNormAct: saves x, add, weight, bias and the
+// per-group statistics; its backward is the fused kernel on CUDA, the same
+// formula in plain ops elsewhere.
+class GroupNormActFunction
+    : public torch::autograd::Function<GroupNormActFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& given_add,
+                               const torch::Tensor& weight,
+                               const torch::Tensor& bias, int64_t groups,
+                               double eps, bool silu, bool kernel) {
+    const int64_t batch = x.size(0), channels = x.size(1);
+    const torch::Tensor add = Addend(given_add);
+    torch::Tensor y, stats;
+    if (kernel) {
+      stats =
+          torch::empty({batch, groups, 2}, x.options().dtype(torch::kFloat32));
+      y = GroupNormActKernel(x, add, groups, weight, bias, eps, silu, stats);
+    } else {
+      torch::Tensor h = add.defined() ? x + add.unsqueeze(-1).unsqueeze(-1) : x;
+      auto [out, mean, rstd] =
+          at::native_group_norm(h.contiguous(), weight, bias, batch, channels,
+                                h.numel() / (batch * channels), groups, eps);
+      stats = at::stack(
+                  {mean.view({batch, groups}), rstd.view({batch, groups})}, -1)
+                  .to(ComputeDtype(x));
+      y = silu ? at::silu(out) : out;
+      y = y.contiguous(x.suggest_memory_format());
+    }
+    ctx->save_for_backward({x, given_add, weight, bias, stats});
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["silu"] = silu;
+    ctx->saved_data["kernel"] = kernel;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &weight = saved[2], &bias = saved[3],
+                        &stats = saved[4];
+    const torch::Tensor add = Addend(saved[1]);
+    const int64_t groups = ctx->saved_data["groups"].toInt();
+    const bool silu = ctx->saved_data["silu"].toBool();
+    torch::Tensor dx, dadd, dweight, dbias;
+    if (ctx->saved_data["kernel"].toBool()) {
+      std::tie(dx, dadd, dweight, dbias) =
+          BackwardKernel(x, add, weight, bias, stats, grads[0], groups, silu);
+    } else {
+      std::tie(dx, dadd, dweight, dbias) =
+          BackwardPlain(x, add, weight, bias, stats, grads[0], groups, silu);
+    }
+    return {dx, dadd, dweight, dbias, {}, {}, {}, {}};
+  }
+
+ private:
+  static torch::Tensor Addend(const torch::Tensor& given) {
+    return given.numel() > 0 ? given : torch::Tensor();
+  }
+
+  using Grads =
+      std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor>;
+
+  static Grads BackwardKernel(const torch::Tensor& x, const torch::Tensor& add,
+                              const torch::Tensor& weight,
+                              const torch::Tensor& bias,
+                              const torch::Tensor& stats,
+                              const torch::Tensor& grad, int64_t groups,
+                              bool silu) {
+#ifdef LPD_WITH_CUDA
+    const int64_t batch = x.size(0), channels = x.size(1);
+    const int64_t hw = x.size(2) * x.size(3);
+    const torch::Tensor dy = grad.contiguous(torch::MemoryFormat::ChannelsLast);
+    torch::Tensor dx = torch::empty_like(x, torch::MemoryFormat::ChannelsLast);
+    torch::Tensor dadd = add.defined() ? torch::empty_like(add) : add;
+    torch::Tensor dweight = torch::empty_like(weight);
+    torch::Tensor dbias = torch::empty_like(bias);
+    torch::Tensor workspace = torch::empty(
+        {static_cast<int64_t>(cuda::GroupNormBackwardWorkspaceBytes(
+            batch, hw, channels, groups))},
+        x.options().dtype(torch::kUInt8));
+    Check(cuda::LaunchGroupNormNhwcBackward(
+              ElementTypeOf(x), x.data_ptr(),
+              add.defined() ? add.data_ptr() : nullptr, weight.data_ptr(),
+              bias.data_ptr(), stats.data_ptr(), dy.data_ptr(), dx.data_ptr(),
+              dadd.defined() ? dadd.data_ptr() : nullptr, dweight.data_ptr(),
+              dbias.data_ptr(), batch, hw, channels, groups, silu,
+              workspace.data_ptr(), CurrentStream()),
+          "group norm backward kernel");
+    return {dx, dadd, dweight, dbias};
+#else
+    (void)x, (void)add, (void)weight, (void)bias, (void)stats, (void)grad,
+        (void)groups, (void)silu;
+    throw std::logic_error("fused kernels are not in this build");
+#endif
+  }
+
+  // With v = x + add, x̂ = (v − mean)·rstd, z = x̂·w + b and dz = dL/dz:
+  // dx = rstd·(dz·w − mean_g(dz·w) − x̂·mean_g(dz·w·x̂)), dadd = Σ_hw dx,
+  // dw = Σ dz·x̂, db = Σ dz.
+  static Grads BackwardPlain(const torch::Tensor& x, const torch::Tensor& add,
+                             const torch::Tensor& weight,
+                             const torch::Tensor& bias,
+                             const torch::Tensor& stats,
+                             const torch::Tensor& grad, int64_t groups,
+                             bool silu) {
+    const torch::Dtype ct = ComputeDtype(x);
+    const int64_t batch = x.size(0), channels = x.size(1), dims = x.dim();
+    std::vector<int64_t> channel_shape(dims, 1), spatial;
+    channel_shape[1] = channels;
+    for (int64_t d = 2; d < dims; ++d) spatial.push_back(d);
+    const int64_t count = x.numel() / (batch * groups);
+    torch::Tensor v = x.to(ct);
+    if (add.defined()) v = v + add.to(ct).view(PerBatchChannel(add, dims));
+    const torch::Tensor mean = PerChannel(stats.select(-1, 0), channels, dims);
+    const torch::Tensor rstd = PerChannel(stats.select(-1, 1), channels, dims);
+    const torch::Tensor w = weight.to(ct).view(channel_shape);
+    const torch::Tensor xhat = (v - mean) * rstd;
+    torch::Tensor dz = grad.to(ct);
+    if (silu) {
+      const torch::Tensor z = xhat * w + bias.to(ct).view(channel_shape);
+      const torch::Tensor s = torch::sigmoid(z);
+      dz = dz * s * (1 + z * (1 - s));
+    }
+    const torch::Tensor sum_dz = dz.sum(spatial);                // [B, C]
+    const torch::Tensor sum_dz_xhat = (dz * xhat).sum(spatial);  // [B, C]
+    auto group_mean = [&](const torch::Tensor& per_channel) {
+      return PerChannel((per_channel * weight.to(ct))
+                                .view({batch, groups, channels / groups})
+                                .sum(-1) /
+                            static_cast<double>(count),
+                        channels, dims);
+    };
+    const torch::Tensor dx =
+        rstd * (dz * w - group_mean(sum_dz) - xhat * group_mean(sum_dz_xhat));
+    torch::Tensor dadd;
+    if (add.defined()) dadd = dx.sum(spatial).to(add.scalar_type());
+    return {dx.to(x.scalar_type()).contiguous(x.suggest_memory_format()), dadd,
+            sum_dz_xhat.sum(0).to(weight.scalar_type()),
+            sum_dz.sum(0).to(bias.scalar_type())};
+  }
+
+  static std::vector<int64_t> PerBatchChannel(const torch::Tensor& add,
+                                              int64_t dims) {
+    std::vector<int64_t> shape = {add.size(0), add.size(1)};
+    shape.resize(dims, 1);
+    return shape;
+  }
+};
+
+// The autograd node of Geglu: saves x; backward da = dy·gelu(g),
+// dg = dy·a·gelu'(g) (a fused kernel on CUDA).
+class GegluFunction : public torch::autograd::Function<GegluFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               bool kernel) {
+    ctx->save_for_backward({x});
+    ctx->saved_data["kernel"] = kernel;
+    if (kernel) return Kernel(x);
+    auto parts = x.chunk(2, -1);
+    return parts[0] * at::gelu(parts[1]);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const torch::Tensor x = ctx->get_saved_variables()[0];
+#ifdef LPD_WITH_CUDA
+    if (ctx->saved_data["kernel"].toBool()) {
+      const torch::Tensor dy = grads[0].contiguous();
+      torch::Tensor dx = torch::empty_like(x);
+      Check(cuda::LaunchGegluBackward(
+                ElementTypeOf(x), x.data_ptr(), dy.data_ptr(), dx.data_ptr(),
+                x.numel() / x.size(-1), x.size(-1) / 2, CurrentStream()),
+            "geglu backward kernel");
+      return {dx, {}};
+    }
+#endif
+    const torch::Dtype ct = ComputeDtype(x);
+    auto parts = x.to(ct).chunk(2, -1);
+    const torch::Tensor &a = parts[0], &g = parts[1];
+    const torch::Tensor dy = grads[0].to(ct);
+    const torch::Tensor cdf = 0.5 * (1 + torch::erf(g * M_SQRT1_2));
+    const torch::Tensor pdf =
+        torch::exp(-0.5 * g * g) * (M_2_SQRTPI * M_SQRT1_2 * 0.5);
+    return {torch::cat({dy * g * cdf, dy * a * (cdf + g * pdf)}, -1)
+                .to(x.scalar_type()),
+            {}};
+  }
+
+  static torch::Tensor Kernel(const torch::Tensor& x) {
+#ifdef LPD_WITH_CUDA
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() /= 2;
+    torch::Tensor y = torch::empty(shape, x.options());
+    Check(cuda::LaunchGeglu(ElementTypeOf(x), x.data_ptr(), y.data_ptr(),
+                            x.numel() / x.size(-1), shape.back(),
+                            CurrentStream()),
+          "geglu kernel");
+    return y;
+#else
+    (void)x;
+    throw std::logic_error("fused kernels are not in this build");
+#endif
+  }
+};
 
 }  // namespace
 
@@ -60,36 +369,32 @@ bool HasFusedCudaKernels() {
 
 void SetFusedKernelsEnabled(bool enabled) { fused_enabled.store(enabled); }
 
+void SetFusedTrainingKernelsEnabled(bool enabled) {
+  fused_training_enabled.store(enabled);
+}
+
+void SetFusedAutogradOnEveryDevice(bool enabled) {
+  autograd_on_every_device.store(enabled);
+}
+
 torch::Tensor GroupNormAct(const torch::Tensor& x, const torch::Tensor& add,
                            int64_t groups, const torch::Tensor& weight,
                            const torch::Tensor& bias, double eps, bool silu) {
-#ifdef LPD_WITH_CUDA
-  const int64_t channels = x.size(1);
-  if (UseKernel(x) && x.dim() == 4 && channels % groups == 0 &&
-      (channels / groups) % 2 == 0 &&
-      x.is_contiguous(torch::MemoryFormat::ChannelsLast) &&
-      weight.scalar_type() == x.scalar_type() && weight.is_contiguous() &&
-      bias.is_contiguous() &&
-      (!add.defined() ||
-       (add.scalar_type() == x.scalar_type() && add.is_contiguous()))) {
-    const int64_t batch = x.size(0), hw = x.size(2) * x.size(3);
-    torch::Tensor y = torch::empty_like(x, torch::MemoryFormat::ChannelsLast);
-    torch::Tensor workspace = torch::empty(
-        {static_cast<int64_t>(cuda::GroupNormWorkspaceBytes(batch, groups))},
-        x.options().dtype(torch::kUInt8));
-    Check(cuda::LaunchGroupNormNhwc(
-              ElementTypeOf(x), x.data_ptr(),
-              add.defined() ? add.data_ptr() : nullptr, weight.data_ptr(),
-              bias.data_ptr(), y.data_ptr(), batch, hw, channels, groups,
-              static_cast<float>(eps), silu, workspace.data_ptr(),
-              c10::cuda::getCurrentCUDAStream().stream()),
-          "group norm kernel");
-    return y;
+  const bool kernel = GroupNormKernelTakes(x, add, groups, weight, bias);
+  if (NeedsGradient({&x, &add, &weight, &bias})) {
+    if (UseFusedNode(kernel, x) && weight.defined() && bias.defined()) {
+      // LibTorch 1.13's custom functions take no undefined tensors: an
+      // empty one stands for "no addend".
+      return GroupNormActFunction::apply(
+          x, add.defined() ? add : torch::empty({0}, x.options()), weight, bias,
+          groups, eps, silu, kernel);
+    }
+    return GroupNormActPlain(x, add, groups, weight, bias, eps, silu);
   }
-#endif
-  torch::Tensor h = add.defined() ? x + add.unsqueeze(-1).unsqueeze(-1) : x;
-  h = at::group_norm(h, groups, weight, bias, eps);
-  return silu ? at::silu(h) : h;
+  if (kernel) {
+    return GroupNormActKernel(x, add, groups, weight, bias, eps, silu, {});
+  }
+  return GroupNormActPlain(x, add, groups, weight, bias, eps, silu);
 }
 
 std::pair<torch::Tensor, torch::Tensor> AddLayerNorm(
@@ -97,7 +402,8 @@ std::pair<torch::Tensor, torch::Tensor> AddLayerNorm(
     const torch::Tensor& weight, const torch::Tensor& bias, double eps) {
   const int64_t dim = x.size(-1);
 #ifdef LPD_WITH_CUDA
-  if (UseKernel(x) && x.scalar_type() != torch::kFloat32 && dim % 8 == 0 &&
+  if (KernelTakes(x) && !NeedsGradient({&x, &residual, &weight, &bias}) &&
+      x.scalar_type() != torch::kFloat32 && dim % 8 == 0 &&
       dim <= cuda::kMaxLayerNormDim && x.is_contiguous() &&
       weight.scalar_type() == x.scalar_type() &&
       (!residual.defined() ||
@@ -109,8 +415,7 @@ std::pair<torch::Tensor, torch::Tensor> AddLayerNorm(
               ElementTypeOf(x), x.data_ptr(),
               residual.defined() ? residual.data_ptr() : nullptr,
               weight.data_ptr(), bias.data_ptr(), sum.data_ptr(), y.data_ptr(),
-              x.numel() / dim, dim, static_cast<float>(eps),
-              c10::cuda::getCurrentCUDAStream().stream()),
+              x.numel() / dim, dim, static_cast<float>(eps), CurrentStream()),
           "layer norm kernel");
     return {sum, y};
   }
@@ -120,19 +425,12 @@ std::pair<torch::Tensor, torch::Tensor> AddLayerNorm(
 }
 
 torch::Tensor Geglu(const torch::Tensor& x) {
-#ifdef LPD_WITH_CUDA
-  const int64_t n = x.size(-1) / 2;
-  if (UseKernel(x) && x.is_contiguous() && n % 2 == 0) {
-    std::vector<int64_t> shape = x.sizes().vec();
-    shape.back() = n;
-    torch::Tensor y = torch::empty(shape, x.options());
-    Check(cuda::LaunchGeglu(ElementTypeOf(x), x.data_ptr(), y.data_ptr(),
-                            x.numel() / x.size(-1), n,
-                            c10::cuda::getCurrentCUDAStream().stream()),
-          "geglu kernel");
-    return y;
+  const bool kernel = GegluKernelTakes(x);
+  if (NeedsGradient({&x})) {
+    if (UseFusedNode(kernel, x)) return GegluFunction::apply(x, kernel);
+  } else if (kernel) {
+    return GegluFunction::Kernel(x);
   }
-#endif
   auto parts = x.chunk(2, -1);  // hidden, gate
   return parts[0] * at::gelu(parts[1]);
 }

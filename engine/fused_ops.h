@@ -1,7 +1,9 @@
 // Fused forms of the U-Net's memory-bound steps. On a CUDA tensor laid out
-// as the kernels expect, and when no gradient is needed, they run the
-// engine's own CUDA kernels (engine/cuda/); otherwise the same arithmetic in
-// plain LibTorch ops, which is also what the CPU tests check.
+// as the kernels expect they run the engine's own CUDA kernels
+// (engine/cuda/); otherwise the same arithmetic in plain LibTorch ops, which
+// is also what the CPU tests check. When a gradient is needed, GroupNormAct
+// and Geglu become one autograd node each whose backward is a fused kernel
+// too, saving only their inputs (less memory than the plain ops' graph).
 #ifndef LPD_ENGINE_FUSED_OPS_H_
 #define LPD_ENGINE_FUSED_OPS_H_
 
@@ -31,8 +33,17 @@ torch::Tensor Geglu(const torch::Tensor& x);
 bool HasFusedCudaKernels();
 
 // For tests and benchmarks: force the plain-op path even where the fused
-// kernels apply.
+// kernels apply (forward and backward).
 void SetFusedKernelsEnabled(bool enabled);
+
+// For benchmarks: keep the fused kernels for inference but record plain ops
+// for autograd (false), or use the fused autograd nodes (true, the default).
+void SetFusedTrainingKernelsEnabled(bool enabled);
+
+// For tests: use the fused autograd nodes on every device; off CUDA their
+// forward and backward run as plain-op formulas (the same arithmetic as the
+// kernels), so the CPU checks the nodes' gradients against autograd's.
+void SetFusedAutogradOnEveryDevice(bool enabled);
 
 }  // namespace lpd::engine
 

@@ -3,6 +3,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <functional>
+#include <string>
+#include <vector>
+
 namespace lpd::engine {
 namespace {
 
@@ -76,6 +80,104 @@ TEST(FusedOpsTest, AddLayerNormReturnsTheSumAndItsNormalization) {
   EXPECT_TRUE(same.is_same(x));
   EXPECT_TRUE(torch::allclose(plain, torch::layer_norm(x, {16}, w, b, 1e-5),
                               1e-5, 1e-6));
+}
+
+// The fused autograd nodes (what the GPU trains with) run their plain-op
+// formulas on the CPU when forced; their gradients must equal autograd's
+// through the plain ops.
+class FusedAutogradTest : public ::testing::Test {
+ protected:
+  void SetUp() override { SetFusedAutogradOnEveryDevice(true); }
+  void TearDown() override { SetFusedAutogradOnEveryDevice(false); }
+};
+
+// Gradients of sum(f(inputs) · probe) with respect to every input.
+std::vector<torch::Tensor> Gradients(
+    const std::function<torch::Tensor(const std::vector<torch::Tensor>&)>& f,
+    const std::vector<torch::Tensor>& inputs, const torch::Tensor& probe,
+    std::string* grad_fn_name = nullptr) {
+  std::vector<torch::Tensor> leaves;
+  for (const torch::Tensor& t : inputs) {
+    leaves.push_back(t.detach().clone().set_requires_grad(true));
+  }
+  torch::Tensor y = f(leaves);
+  if (grad_fn_name != nullptr) *grad_fn_name = y.grad_fn()->name();
+  (y * probe).sum().backward();
+  std::vector<torch::Tensor> grads;
+  for (const torch::Tensor& t : leaves) grads.push_back(t.grad());
+  return grads;
+}
+
+TEST_F(FusedAutogradTest, GroupNormActNodeGradientsEqualAutograds) {
+  torch::manual_seed(7);
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  for (bool silu : {true, false}) {
+    for (bool with_add : {true, false}) {
+      for (bool channels_last : {true, false}) {
+        SCOPED_TRACE(testing::Message() << "silu " << silu << " add "
+                                        << with_add << " cl " << channels_last);
+        torch::Tensor x = torch::randn({3, 12, 5, 4}, f64) * 2 + 0.5;
+        if (channels_last) {
+          x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+        }
+        std::vector<torch::Tensor> inputs = {x, torch::rand({12}, f64) + 0.5,
+                                             torch::randn({12}, f64),
+                                             torch::randn({3, 12}, f64)};
+        const torch::Tensor probe = torch::randn({3, 12, 5, 4}, f64);
+        auto f = [&](const std::vector<torch::Tensor>& in) {
+          return GroupNormAct(in[0], with_add ? in[3] : torch::Tensor(), 3,
+                              in[1], in[2], 1e-5, silu);
+        };
+        SetFusedTrainingKernelsEnabled(false);
+        std::string plain_node;
+        std::vector<torch::Tensor> expected =
+            Gradients(f, inputs, probe, &plain_node);
+        SetFusedTrainingKernelsEnabled(true);
+        std::string fused_node;
+        std::vector<torch::Tensor> got =
+            Gradients(f, inputs, probe, &fused_node);
+        EXPECT_NE(fused_node.find("GroupNormActFunction"), std::string::npos)
+            << fused_node;
+        EXPECT_EQ(plain_node.find("GroupNormActFunction"), std::string::npos);
+        for (size_t i = 0; i < (with_add ? 4u : 3u); ++i) {
+          SCOPED_TRACE(i);
+          ASSERT_TRUE(got[i].defined());
+          EXPECT_TRUE(torch::allclose(got[i], expected[i], 1e-9, 1e-10))
+              << (got[i] - expected[i]).abs().max().item<double>();
+        }
+        if (!with_add) {
+          EXPECT_FALSE(got[3].defined());
+        }
+      }
+    }
+  }
+}
+
+TEST_F(FusedAutogradTest, GroupNormActNodeForwardEqualsThePlainOps) {
+  torch::manual_seed(8);
+  torch::Tensor x = torch::randn({2, 8, 3, 5}, torch::requires_grad());
+  torch::Tensor add = torch::randn({2, 8}, torch::requires_grad());
+  torch::Tensor w = torch::rand({8}) + 0.5, b = torch::randn({8});
+  torch::Tensor got = GroupNormAct(x, add, 2, w, b, 1e-5, true);
+  torch::Tensor expected =
+      torch::silu(torch::group_norm(x + add.view({2, 8, 1, 1}), 2, w, b, 1e-5));
+  EXPECT_TRUE(torch::allclose(got, expected, 1e-5, 1e-6));
+}
+
+TEST_F(FusedAutogradTest, GegluNodeGradientsEqualAutograds) {
+  torch::manual_seed(9);
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  std::vector<torch::Tensor> inputs = {torch::randn({4, 6, 20}, f64) * 2};
+  const torch::Tensor probe = torch::randn({4, 6, 10}, f64);
+  auto f = [](const std::vector<torch::Tensor>& in) { return Geglu(in[0]); };
+  SetFusedTrainingKernelsEnabled(false);
+  std::vector<torch::Tensor> expected = Gradients(f, inputs, probe);
+  SetFusedTrainingKernelsEnabled(true);
+  std::string node;
+  std::vector<torch::Tensor> got = Gradients(f, inputs, probe, &node);
+  EXPECT_NE(node.find("GegluFunction"), std::string::npos) << node;
+  EXPECT_TRUE(torch::allclose(got[0], expected[0], 1e-10, 1e-12))
+      << (got[0] - expected[0]).abs().max().item<double>();
 }
 
 }  // namespace

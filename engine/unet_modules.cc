@@ -4,6 +4,7 @@
 #include <torch/version.h>
 
 #include <cmath>
+#include <vector>
 
 #include "engine/fused_ops.h"
 
@@ -232,6 +233,45 @@ AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
   to_out = register_module("to_out", NumberedModules());
   to_out_0 = to_out->Add(
       0, Linear(LinearOptions(inner, o.query_dim()).tensor_options(to)));
+  // The weights forward multiplies in one GEMM live side by side in one
+  // buffer (each parameter a slice of it, names and values unchanged), so
+  // that a forward without gradients takes them as one matrix instead of
+  // concatenating them on every call.
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> parts = ProjectionWeights();
+  torch::Tensor packed = at::cat(parts);
+  int64_t row = 0;
+  for (torch::Tensor& part : parts) {
+    const int64_t rows = part.size(0);
+    part.set_data(packed.narrow(0, row, rows));
+    row += rows;
+  }
+}
+
+std::vector<torch::Tensor> AttentionImpl::ProjectionWeights() const {
+  if (options.cross_attention_dim() > 0) return {to_k->weight, to_v->weight};
+  return {to_q->weight, to_k->weight, to_v->weight};
+}
+
+torch::Tensor AttentionImpl::FusedProjectionWeight(
+    const std::vector<torch::Tensor>& parts) {
+  bool packed = !torch::GradMode::is_enabled();
+  int64_t rows = 0;
+  const torch::Tensor& first = parts.front();
+  const int64_t cols = first.size(1);
+  for (const torch::Tensor& part : parts) {
+    packed = packed && !part.requires_grad() && part.is_contiguous() &&
+             part.size(1) == cols &&
+             part.scalar_type() == first.scalar_type() &&
+             part.storage().unsafeGetStorageImpl() ==
+                 first.storage().unsafeGetStorageImpl() &&
+             part.storage_offset() == first.storage_offset() + rows * cols;
+    rows += part.size(0);
+  }
+  if (packed) {
+    return first.as_strided({rows, cols}, {cols, 1}, first.storage_offset());
+  }
+  return at::cat(parts);
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x,
@@ -246,9 +286,10 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x,
   // One GEMM for q, k and v (self-attention) or for k and v (cross).
   torch::Tensor q, k, v;
   const bool self_attention = x.is_same(context);
-  torch::Tensor fused_weight =
-      self_attention ? at::cat({to_q->weight, to_k->weight, to_v->weight})
-                     : at::cat({to_k->weight, to_v->weight});
+  torch::Tensor fused_weight = FusedProjectionWeight(
+      self_attention
+          ? std::vector<torch::Tensor>{to_q->weight, to_k->weight, to_v->weight}
+          : std::vector<torch::Tensor>{to_k->weight, to_v->weight});
   const torch::Tensor& fused_input = self_attention ? x : context;
   if (FlopCounter::active()) {
     FlopCounter::Add(2 * (fused_input.numel() / fused_input.size(-1)) *

@@ -23,6 +23,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace lpd::engine {
 
@@ -229,6 +230,15 @@ class AttentionImpl : public torch::nn::Module {
   Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
   NumberedModules to_out{nullptr};
   Linear to_out_0{nullptr};
+
+ private:
+  // The weights one GEMM of forward multiplies: to_q, to_k, to_v
+  // (self-attention) or to_k, to_v (cross-attention).
+  std::vector<torch::Tensor> ProjectionWeights() const;
+  // `parts` stacked by rows: a view when they lie side by side in one buffer
+  // and no gradient is recorded, a concatenation otherwise.
+  static torch::Tensor FusedProjectionWeight(
+      const std::vector<torch::Tensor>& parts);
 };
 TORCH_MODULE(Attention);
 

@@ -73,6 +73,47 @@ TEST_P(GoldenTest, ReproducesEveryBlockOutputAndTheSample) {
   EXPECT_LT(MaxAbsDiff(out, vectors.at("output.sample")), kTolerance);
 }
 
+// The projections each attention multiplies in one GEMM share one buffer,
+// and a gradient-free forward (which takes them as one view) equals a
+// forward that records gradients (which concatenates them).
+TEST_P(GoldenTest, PackedAttentionProjectionsEqualTheirConcatenation) {
+  UNet2DConditionModel model = LoadGolden(GetParam());
+  ASSERT_TRUE(model);
+  auto params = model->named_parameters();
+  int packed = 0;
+  for (const auto& item : params) {
+    const std::string& key = item.key();
+    for (const char* attn : {"attn1", "attn2"}) {
+      const std::string suffix = std::string(attn) + ".to_v.weight";
+      if (key.size() < suffix.size() ||
+          key.compare(key.size() - suffix.size(), suffix.size(), suffix) != 0) {
+        continue;
+      }
+      const std::string prefix =
+          key.substr(0, key.size() - std::string("to_v.weight").size());
+      const torch::Tensor& k = params[prefix + "to_k.weight"];
+      EXPECT_EQ(item.value().storage().unsafeGetStorageImpl(),
+                k.storage().unsafeGetStorageImpl())
+          << key;
+      if (std::string(attn) == "attn1") {
+        EXPECT_EQ(
+            params[prefix + "to_q.weight"].storage().unsafeGetStorageImpl(),
+            k.storage().unsafeGetStorageImpl())
+            << key;
+      }
+      ++packed;
+    }
+  }
+  EXPECT_GT(packed, 0);
+  auto vectors = ReadVectors(GoldenDir(GetParam()) + "/vectors.safetensors");
+  torch::Tensor with_grad = model->forward(InputsFrom(vectors));
+  ASSERT_TRUE(with_grad.requires_grad());
+  torch::NoGradGuard no_grad;
+  torch::Tensor without = model->forward(InputsFrom(vectors));
+  EXPECT_LT(MaxAbsDiff(with_grad.detach(), without), 1e-6);
+  EXPECT_LT(MaxAbsDiff(without, vectors.at("output.sample")), kTolerance);
+}
+
 TEST_P(GoldenTest, ReproducesEveryReferenceRemovalSet) {
   UNet2DConditionModel model = LoadGolden(GetParam());
   ASSERT_TRUE(model);

@@ -157,6 +157,222 @@ __global__ void GegluKernel(const T* __restrict__ x, T* __restrict__ y,
   }
 }
 
+// Backward of GroupNormApplyKernel. With v = x + add, x̂ = (v − mean)·rstd,
+// z = x̂·w + b, y = act(z) and dz = dL/dz, every (batch, split) block sums
+// per channel over its rows: v, dz and dz·x̂.
+template <typename T>
+__global__ void GroupNormBackwardPartialsKernel(
+    const T* __restrict__ x, const T* __restrict__ add,
+    const T* __restrict__ weight, const T* __restrict__ bias,
+    const float2* __restrict__ stats, const T* __restrict__ dy, int64_t hw,
+    int64_t channels, int64_t groups, bool silu, int64_t rows_per_split,
+    float* __restrict__ partials) {
+  using P = Pair<T>;
+  const int64_t b = blockIdx.y, s = blockIdx.x, splits = gridDim.x;
+  const int64_t pairs = channels / 2;
+  const int64_t group_size = channels / groups;
+  const int64_t row_begin = s * rows_per_split;
+  const int64_t row_end = min(hw, row_begin + rows_per_split);
+  const auto* xv =
+      reinterpret_cast<const typename P::Vec*>(x + b * hw * channels);
+  const auto* dv =
+      reinterpret_cast<const typename P::Vec*>(dy + b * hw * channels);
+  for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
+    float2 offset = make_float2(0.f, 0.f);
+    if (add != nullptr) {
+      offset = P::ToFloat(
+          reinterpret_cast<const typename P::Vec*>(add + b * channels)[p]);
+    }
+    const float2 st = stats[b * groups + (2 * p) / group_size];
+    const float2 w =
+        P::ToFloat(reinterpret_cast<const typename P::Vec*>(weight)[p]);
+    const float2 c =
+        P::ToFloat(reinterpret_cast<const typename P::Vec*>(bias)[p]);
+    float sv[2] = {0.f, 0.f}, sdz[2] = {0.f, 0.f}, sdzx[2] = {0.f, 0.f};
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      const float2 xf = P::ToFloat(xv[r * pairs + p]);
+      const float2 gf = P::ToFloat(dv[r * pairs + p]);
+      const float v[2] = {xf.x + offset.x, xf.y + offset.y};
+      const float g[2] = {gf.x, gf.y};
+      const float wc[2] = {w.x, w.y}, bc[2] = {c.x, c.y};
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const float xhat = (v[k] - st.x) * st.y;
+        float dz = g[k];
+        if (silu) {
+          const float z = xhat * wc[k] + bc[k];
+          const float sig = 1.f / (1.f + __expf(-z));
+          dz *= sig * (1.f + z * (1.f - sig));
+        }
+        sv[k] += v[k];
+        sdz[k] += dz;
+        sdzx[k] += dz * xhat;
+      }
+    }
+    float* out = partials + ((b * splits + s) * channels + 2 * p) * 3;
+    out[0] = sv[0], out[1] = sdz[0], out[2] = sdzx[0];
+    out[3] = sv[1], out[4] = sdz[1], out[5] = sdzx[1];
+  }
+}
+
+// Per (batch, channel): the splits' partial sums added up (one thread each,
+// reading consecutive channels).
+__global__ void GroupNormBackwardSumSplitsKernel(
+    const float* __restrict__ partials, int64_t batch, int64_t splits,
+    int64_t channels, float* __restrict__ sums) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= batch * channels) return;
+  const int64_t b = i / channels, ch = i % channels;
+  float sv = 0.f, sdz = 0.f, sdzx = 0.f;
+  for (int64_t s = 0; s < splits; ++s) {
+    const float* p = partials + ((b * splits + s) * channels + ch) * 3;
+    sv += p[0];
+    sdz += p[1];
+    sdzx += p[2];
+  }
+  sums[i * 3] = sv;
+  sums[i * 3 + 1] = sdz;
+  sums[i * 3 + 2] = sdzx;
+}
+
+// Per (batch, group): the sums over the group's channels that dx needs,
+// a = Σ w·Σdz / N and c = Σ w·Σdz·x̂ / N, and, with an addend, its gradient
+// dadd[b, ch] = Σ_hw dx = rstd·(w·Σdz − HW·a − c·rstd·(Σv − HW·mean)).
+template <typename T>
+__global__ void GroupNormBackwardGroupKernel(const float* __restrict__ sums,
+                                             const T* __restrict__ weight,
+                                             const float2* __restrict__ stats,
+                                             int64_t batch, int64_t hw,
+                                             int64_t channels, int64_t groups,
+                                             float2* __restrict__ coefficients,
+                                             T* __restrict__ dadd) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= batch * groups) return;
+  const int64_t b = i / groups, g = i % groups;
+  const int64_t group_size = channels / groups;
+  const float2 st = stats[i];
+  const float count = static_cast<float>(hw * group_size);
+  float a = 0.f, c = 0.f;
+  for (int64_t ch = g * group_size; ch < (g + 1) * group_size; ++ch) {
+    const float* p = sums + (b * channels + ch) * 3;
+    const float w = static_cast<float>(weight[ch]);
+    a += w * p[1];
+    c += w * p[2];
+  }
+  a /= count;
+  c /= count;
+  coefficients[i] = make_float2(a, c);
+  if (dadd == nullptr) return;
+  for (int64_t ch = g * group_size; ch < (g + 1) * group_size; ++ch) {
+    const float* p = sums + (b * channels + ch) * 3;
+    const float w = static_cast<float>(weight[ch]);
+    const float hwf = static_cast<float>(hw);
+    dadd[b * channels + ch] = static_cast<T>(
+        st.y * (w * p[1] - hwf * a - c * st.y * (p[0] - hwf * st.x)));
+  }
+}
+
+// dweight[ch] = Σ_b Σdz·x̂, dbias[ch] = Σ_b Σdz.
+template <typename T>
+__global__ void GroupNormBackwardParamsKernel(const float* __restrict__ sums,
+                                              int64_t batch, int64_t channels,
+                                              T* __restrict__ dweight,
+                                              T* __restrict__ dbias) {
+  const int64_t ch = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (ch >= channels) return;
+  float dw = 0.f, db = 0.f;
+  for (int64_t b = 0; b < batch; ++b) {
+    db += sums[(b * channels + ch) * 3 + 1];
+    dw += sums[(b * channels + ch) * 3 + 2];
+  }
+  dweight[ch] = static_cast<T>(dw);
+  dbias[ch] = static_cast<T>(db);
+}
+
+// dx = rstd·(dz·w − a − x̂·c).
+template <typename T>
+__global__ void GroupNormBackwardInputKernel(
+    const T* __restrict__ x, const T* __restrict__ add,
+    const T* __restrict__ weight, const T* __restrict__ bias,
+    const float2* __restrict__ stats, const float2* __restrict__ coefficients,
+    const T* __restrict__ dy, T* __restrict__ dx, int64_t hw, int64_t channels,
+    int64_t groups, bool silu, int64_t total_pairs) {
+  using P = Pair<T>;
+  const int64_t pairs = channels / 2;
+  const int64_t group_size = channels / groups;
+  const auto* xv = reinterpret_cast<const typename P::Vec*>(x);
+  const auto* dv = reinterpret_cast<const typename P::Vec*>(dy);
+  auto* out = reinterpret_cast<typename P::Vec*>(dx);
+  const auto* wv = reinterpret_cast<const typename P::Vec*>(weight);
+  const auto* bv = reinterpret_cast<const typename P::Vec*>(bias);
+  const auto* av = reinterpret_cast<const typename P::Vec*>(add);
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+       i < total_pairs; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t p = i % pairs;
+    const int64_t b = i / (pairs * hw);
+    float2 xf = P::ToFloat(xv[i]);
+    if (av != nullptr) {
+      const float2 a = P::ToFloat(av[b * pairs + p]);
+      xf.x += a.x;
+      xf.y += a.y;
+    }
+    const int64_t bg = b * groups + (2 * p) / group_size;
+    const float2 st = stats[bg], k = coefficients[bg];
+    const float2 wf = P::ToFloat(wv[p]), cf = P::ToFloat(bv[p]);
+    const float2 gf = P::ToFloat(dv[i]);
+    const float v[2] = {xf.x, xf.y}, g[2] = {gf.x, gf.y};
+    const float w[2] = {wf.x, wf.y}, c[2] = {cf.x, cf.y};
+    float r[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const float xhat = (v[j] - st.x) * st.y;
+      float dz = g[j];
+      if (silu) {
+        const float z = xhat * w[j] + c[j];
+        const float sig = 1.f / (1.f + __expf(-z));
+        dz *= sig * (1.f + z * (1.f - sig));
+      }
+      r[j] = st.y * (dz * w[j] - k.x - xhat * k.y);
+    }
+    out[i] = P::FromFloat(make_float2(r[0], r[1]));
+  }
+}
+
+// Backward of GegluKernel: da = dy·gelu(g), dg = dy·a·gelu'(g).
+template <typename T>
+__global__ void GegluBackwardKernel(const T* __restrict__ x,
+                                    const T* __restrict__ dy,
+                                    T* __restrict__ dx, int64_t rows,
+                                    int64_t n) {
+  using P = Pair<T>;
+  const int64_t half_pairs = n / 2;
+  const int64_t total = rows * half_pairs;
+  const auto* xv = reinterpret_cast<const typename P::Vec*>(x);
+  const auto* dv = reinterpret_cast<const typename P::Vec*>(dy);
+  auto* out = reinterpret_cast<typename P::Vec*>(dx);
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = i / half_pairs, p = i % half_pairs;
+    const float2 af = P::ToFloat(xv[r * 2 * half_pairs + p]);
+    const float2 gf = P::ToFloat(xv[r * 2 * half_pairs + half_pairs + p]);
+    const float2 df = P::ToFloat(dv[i]);
+    const float a[2] = {af.x, af.y}, g[2] = {gf.x, gf.y}, d[2] = {df.x, df.y};
+    float da[2], dg[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const float kInvSqrt2 = 0.70710678118654752f;
+      const float kInvSqrt2Pi = 0.39894228040143268f;
+      const float cdf = 0.5f * (1.f + erff(g[j] * kInvSqrt2));
+      const float pdf = kInvSqrt2Pi * __expf(-0.5f * g[j] * g[j]);
+      da[j] = d[j] * g[j] * cdf;
+      dg[j] = d[j] * a[j] * (cdf + g[j] * pdf);
+    }
+    out[r * 2 * half_pairs + p] = P::FromFloat(make_float2(da[0], da[1]));
+    out[r * 2 * half_pairs + half_pairs + p] =
+        P::FromFloat(make_float2(dg[0], dg[1]));
+  }
+}
+
 // Eight 16-bit elements of T as one 16-byte word, widened to float.
 template <typename T>
 struct Octet {
@@ -270,14 +486,17 @@ template <typename T>
 cudaError_t GroupNormTyped(const void* x, const void* add, const void* weight,
                            const void* bias, void* y, int64_t batch, int64_t hw,
                            int64_t channels, int64_t groups, float eps,
-                           bool silu, void* workspace, cudaStream_t stream) {
+                           bool silu, void* workspace, void* stats_out,
+                           cudaStream_t stream) {
   // Enough blocks to fill the GPU twice over, rows split evenly.
   const int64_t splits =
       std::max<int64_t>(1, std::min<int64_t>(hw, (264 + batch - 1) / batch));
   const int64_t rows_per_split = (hw + splits - 1) / splits;
   double* partials = static_cast<double*>(workspace);
   float2* stats =
-      reinterpret_cast<float2*>(partials + batch * 264 * groups * 2);
+      stats_out != nullptr
+          ? static_cast<float2*>(stats_out)
+          : reinterpret_cast<float2*>(partials + batch * 264 * groups * 2);
   GroupNormStatsKernel<T>
       <<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(batch)),
          kThreads, 2 * groups * sizeof(double), stream>>>(
@@ -293,6 +512,53 @@ cudaError_t GroupNormTyped(const void* x, const void* add, const void* weight,
       static_cast<const T*>(x), static_cast<const T*>(add),
       static_cast<const T*>(weight), static_cast<const T*>(bias), stats,
       static_cast<T*>(y), hw, channels, groups, silu, total_pairs);
+  return cudaGetLastError();
+}
+
+int64_t GroupNormBackwardSplits(int64_t batch, int64_t hw) {
+  return std::max<int64_t>(1, std::min<int64_t>(hw, (264 + batch - 1) / batch));
+}
+
+template <typename T>
+cudaError_t GroupNormBackwardTyped(const void* x, const void* add,
+                                   const void* weight, const void* bias,
+                                   const void* stats, const void* dy, void* dx,
+                                   void* dadd, void* dweight, void* dbias,
+                                   int64_t batch, int64_t hw, int64_t channels,
+                                   int64_t groups, bool silu, void* workspace,
+                                   cudaStream_t stream) {
+  const int64_t splits = GroupNormBackwardSplits(batch, hw);
+  const int64_t rows_per_split = (hw + splits - 1) / splits;
+  float* partials = static_cast<float*>(workspace);
+  float* sums = partials + batch * splits * channels * 3;
+  float2* coefficients = reinterpret_cast<float2*>(sums + batch * channels * 3);
+  const auto* st = static_cast<const float2*>(stats);
+  GroupNormBackwardPartialsKernel<T>
+      <<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(batch)),
+         kThreads, 0, stream>>>(
+          static_cast<const T*>(x), static_cast<const T*>(add),
+          static_cast<const T*>(weight), static_cast<const T*>(bias), st,
+          static_cast<const T*>(dy), hw, channels, groups, silu, rows_per_split,
+          partials);
+  const int64_t bc = batch * channels, bg = batch * groups;
+  GroupNormBackwardSumSplitsKernel<<<static_cast<unsigned>((bc + 255) / 256),
+                                     256, 0, stream>>>(partials, batch, splits,
+                                                       channels, sums);
+  GroupNormBackwardGroupKernel<T>
+      <<<static_cast<unsigned>((bg + 127) / 128), 128, 0, stream>>>(
+          sums, static_cast<const T*>(weight), st, batch, hw, channels, groups,
+          coefficients, static_cast<T*>(dadd));
+  GroupNormBackwardParamsKernel<T>
+      <<<static_cast<unsigned>((channels + 127) / 128), 128, 0, stream>>>(
+          sums, batch, channels, static_cast<T*>(dweight),
+          static_cast<T*>(dbias));
+  const int64_t total_pairs = batch * hw * channels / 2;
+  GroupNormBackwardInputKernel<T>
+      <<<GridFor(total_pairs), kThreads, 0, stream>>>(
+          static_cast<const T*>(x), static_cast<const T*>(add),
+          static_cast<const T*>(weight), static_cast<const T*>(bias), st,
+          coefficients, static_cast<const T*>(dy), static_cast<T*>(dx), hw,
+          channels, groups, silu, total_pairs);
   return cudaGetLastError();
 }
 
@@ -342,19 +608,19 @@ cudaError_t LaunchGroupNormNhwc(ElementType type, const void* x,
                                 const void* bias, void* y, int64_t batch,
                                 int64_t hw, int64_t channels, int64_t groups,
                                 float eps, bool silu, void* workspace,
-                                cudaStream_t stream) {
+                                void* stats, cudaStream_t stream) {
   switch (type) {
     case ElementType::kFloat32:
       return GroupNormTyped<float>(x, add, weight, bias, y, batch, hw, channels,
-                                   groups, eps, silu, workspace, stream);
+                                   groups, eps, silu, workspace, stats, stream);
     case ElementType::kBFloat16:
       return GroupNormTyped<__nv_bfloat16>(x, add, weight, bias, y, batch, hw,
                                            channels, groups, eps, silu,
-                                           workspace, stream);
+                                           workspace, stats, stream);
     case ElementType::kFloat16:
       return GroupNormTyped<__half>(x, add, weight, bias, y, batch, hw,
                                     channels, groups, eps, silu, workspace,
-                                    stream);
+                                    stats, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -375,6 +641,62 @@ cudaError_t LaunchGeglu(ElementType type, const void* x, void* y, int64_t rows,
     case ElementType::kFloat16:
       GegluKernel<__half><<<GridFor(total), kThreads, 0, stream>>>(
           static_cast<const __half*>(x), static_cast<__half*>(y), rows, n);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+size_t GroupNormBackwardWorkspaceBytes(int64_t batch, int64_t hw,
+                                       int64_t channels, int64_t groups) {
+  const int64_t splits = GroupNormBackwardSplits(batch, hw);
+  return static_cast<size_t>((batch * splits + batch) * channels * 3) *
+             sizeof(float) +
+         static_cast<size_t>(batch * groups) * sizeof(float2);
+}
+
+cudaError_t LaunchGroupNormNhwcBackward(
+    ElementType type, const void* x, const void* add, const void* weight,
+    const void* bias, const void* stats, const void* dy, void* dx, void* dadd,
+    void* dweight, void* dbias, int64_t batch, int64_t hw, int64_t channels,
+    int64_t groups, bool silu, void* workspace, cudaStream_t stream) {
+  switch (type) {
+    case ElementType::kFloat32:
+      return GroupNormBackwardTyped<float>(
+          x, add, weight, bias, stats, dy, dx, dadd, dweight, dbias, batch, hw,
+          channels, groups, silu, workspace, stream);
+    case ElementType::kBFloat16:
+      return GroupNormBackwardTyped<__nv_bfloat16>(
+          x, add, weight, bias, stats, dy, dx, dadd, dweight, dbias, batch, hw,
+          channels, groups, silu, workspace, stream);
+    case ElementType::kFloat16:
+      return GroupNormBackwardTyped<__half>(
+          x, add, weight, bias, stats, dy, dx, dadd, dweight, dbias, batch, hw,
+          channels, groups, silu, workspace, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t LaunchGegluBackward(ElementType type, const void* x, const void* dy,
+                                void* dx, int64_t rows, int64_t n,
+                                cudaStream_t stream) {
+  const int64_t total = rows * n / 2;
+  switch (type) {
+    case ElementType::kFloat32:
+      GegluBackwardKernel<float><<<GridFor(total), kThreads, 0, stream>>>(
+          static_cast<const float*>(x), static_cast<const float*>(dy),
+          static_cast<float*>(dx), rows, n);
+      break;
+    case ElementType::kBFloat16:
+      GegluBackwardKernel<__nv_bfloat16>
+          <<<GridFor(total), kThreads, 0, stream>>>(
+              static_cast<const __nv_bfloat16*>(x),
+              static_cast<const __nv_bfloat16*>(dy),
+              static_cast<__nv_bfloat16*>(dx), rows, n);
+      break;
+    case ElementType::kFloat16:
+      GegluBackwardKernel<__half><<<GridFor(total), kThreads, 0, stream>>>(
+          static_cast<const __half*>(x), static_cast<const __half*>(dy),
+          static_cast<__half*>(dx), rows, n);
       break;
   }
   return cudaGetLastError();

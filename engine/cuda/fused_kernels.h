@@ -16,19 +16,38 @@ enum class ElementType { kFloat32, kBFloat16, kFloat16 };
 // optional SiLU after the affine transform:
 //   y = act(((x + add[b, c]) − mean[b, g]) · rstd[b, g] · weight[c] + bias[c])
 // `weight`/`bias` have x's element type; `add` may be null; `workspace`
-// needs GroupNormWorkspaceBytes(B, G). (C / groups) must be even.
+// needs GroupNormWorkspaceBytes(B, G). (C / groups) must be even. When
+// `stats` (float [B, G, 2]) is given, each group's mean and 1/std go there
+// for the backward pass.
 size_t GroupNormWorkspaceBytes(int64_t batch, int64_t groups);
 cudaError_t LaunchGroupNormNhwc(ElementType type, const void* x,
                                 const void* add, const void* weight,
                                 const void* bias, void* y, int64_t batch,
                                 int64_t hw, int64_t channels, int64_t groups,
                                 float eps, bool silu, void* workspace,
-                                cudaStream_t stream);
+                                void* stats, cudaStream_t stream);
+
+// Backward of LaunchGroupNormNhwc, from its input, its `stats` and dL/dy
+// (channels-last like x): writes dx, dadd ([B, C], when `add` is given; may
+// be null otherwise), dweight and dbias (x's element type). Sums run in
+// float; `workspace` needs GroupNormBackwardWorkspaceBytes.
+size_t GroupNormBackwardWorkspaceBytes(int64_t batch, int64_t hw,
+                                       int64_t channels, int64_t groups);
+cudaError_t LaunchGroupNormNhwcBackward(
+    ElementType type, const void* x, const void* add, const void* weight,
+    const void* bias, const void* stats, const void* dy, void* dx, void* dadd,
+    void* dweight, void* dbias, int64_t batch, int64_t hw, int64_t channels,
+    int64_t groups, bool silu, void* workspace, cudaStream_t stream);
 
 // GEGLU: x is [rows, 2n] row-major; y[r, i] = x[r, i] · gelu(x[r, n + i])
 // (exact erf GELU).
 cudaError_t LaunchGeglu(ElementType type, const void* x, void* y, int64_t rows,
                         int64_t n, cudaStream_t stream);
+
+// Backward of LaunchGeglu: dx ([rows, 2n]) from x and dy ([rows, n]).
+cudaError_t LaunchGegluBackward(ElementType type, const void* x, const void* dy,
+                                void* dx, int64_t rows, int64_t n,
+                                cudaStream_t stream);
 
 // Layer normalization over the last dimension of [rows, dim] with an optional
 // residual: s = x + residual (written to `sum` when residual is given),

@@ -6,14 +6,16 @@
 //
 //   distill_step [--case sd15|sdxl|sdxl-pruned|all] [--steps 10]
 //                [--precision bf16|bf16-master|fp32] [--fused-training off]
-//                [--profile PREFIX] [--check-kernels]
+//                [--profile PREFIX] [--check-kernels] [--cuda-graph off]
 //
 // --fused-training off records the plain ops for the student's group norms
 // and GEGLUs (the fused autograd nodes are the default); --profile writes a
 // Kineto trace of two steps per case to PREFIX-<case>.json (LibTorch 2.x with
 // CUDA; bench/trace_summary.py reads it); --check-kernels compares, on the
 // GPU, the fused nodes' gradients and the fused AdamW step with the plain
-// ones before measuring.
+// ones, and six graphed steps against six eager ones, before measuring.
+// --cuda-graph off keeps every step eager (the trainer captures the step in
+// a CUDA graph by default).
 #include <torch/cuda.h>
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -181,10 +183,85 @@ void CheckKernels(torch::Device device) {
   }
 }
 
+// A random batch for `teacher`'s config.
+TrainingBatch RandomBatch(const UNet2DConditionModelImpl& teacher,
+                          int64_t batch, int64_t size,
+                          const torch::TensorOptions& to) {
+  TrainingBatch b;
+  b.noised.sample = torch::randn({batch, 4, size, size}, to);
+  b.noised.timestep = torch::randint(0, 1000, {batch}, to.dtype(torch::kInt64));
+  b.noised.encoder_hidden_states =
+      torch::randn({batch, 77, teacher.config().cross_attention_dim}, to);
+  if (teacher.config().text_time_embedding) {
+    b.noised.text_embeds = torch::randn(
+        {batch, teacher.config().projection_class_embeddings_input_dim -
+                    6 * teacher.config().addition_time_embed_dim},
+        to);
+    b.noised.time_ids = torch::full({batch, 6}, 1024.0, to);
+  }
+  b.target = torch::randn({batch, 4, size, size}, to);
+  return b;
+}
+
+// Six steps with the CUDA graph and six eager, from the same student and on
+// the same batches (one of another shape in between): the weights must agree
+// to bf16 rounding.
+void CheckGraphedSteps(torch::Device device) {
+  auto teacher = lpd::bench::RandomUNetFromConfigFile("sd15-unet.json", device,
+                                                      torch::kBFloat16);
+  if (!teacher.ok()) return;
+  const auto to = torch::TensorOptions().device(device).dtype(torch::kBFloat16);
+  std::vector<TrainingBatch> batches;
+  torch::manual_seed(5);
+  for (int i = 0; i < 6; ++i) {
+    batches.push_back(RandomBatch(**teacher, i == 4 ? 1 : 2, 32, to));
+  }
+  std::vector<torch::Tensor> weights[2];
+  std::vector<double> losses[2];
+  for (int graphed = 0; graphed < 2; ++graphed) {
+    DistillTrainerOptions o;
+    o.device = device;
+    o.precision = TrainingPrecision::kBFloat16;
+    o.learning_rate = 1e-4;
+    o.cuda_graph = graphed == 1;
+    auto trainer =
+        DistillTrainer::Create(UNet2DConditionModel(*teacher), {}, o);
+    if (!trainer.ok()) return;
+    for (const TrainingBatch& b : batches) {
+      auto r = (*trainer)->Step(b);
+      if (!r.ok()) {
+        std::printf("  graph check: %s\n", r.status().ToString().c_str());
+        return;
+      }
+      losses[graphed].push_back(r->loss.total);
+    }
+    if (graphed == 1) {
+      std::printf("  graph check: replaying %d, capture status %s\n",
+                  (*trainer)->replaying_cuda_graph() ? 1 : 0,
+                  (*trainer)->cuda_graph_failure().ToString().c_str());
+    }
+    for (const auto& p : (*trainer)->student()->parameters()) {
+      weights[graphed].push_back(p.detach().clone());
+    }
+  }
+  double worst = 0;
+  for (size_t i = 0; i < weights[0].size(); ++i) {
+    worst = std::max(worst, RelativeDiff(weights[0][i], weights[1][i]));
+  }
+  std::printf(
+      "  graph check: weights after 6 steps, max rel diff %.2e; "
+      "losses eager/graphed:",
+      worst);
+  for (size_t i = 0; i < losses[0].size(); ++i) {
+    std::printf(" %.5f/%.5f", losses[0][i], losses[1][i]);
+  }
+  std::printf("\n");
+}
+
 int RunCase(const std::string& name, const std::string& file, int64_t batch,
             int64_t size, double prune_ratio, torch::Device device,
             TrainingPrecision precision, int steps,
-            const std::string& profile_prefix) {
+            const std::string& profile_prefix, bool cuda_graph) {
   const torch::Dtype dtype = precision == TrainingPrecision::kFloat32
                                  ? torch::kFloat32
                                  : torch::kBFloat16;
@@ -212,26 +289,16 @@ int RunCase(const std::string& name, const std::string& file, int64_t batch,
   trainer_options.device = device;
   trainer_options.precision = precision;
   trainer_options.learning_rate = 1e-5;
+  trainer_options.cuda_graph = cuda_graph;
   auto trainer = DistillTrainer::Create(UNet2DConditionModel(*teacher), removed,
                                         trainer_options);
   if (!trainer.ok()) {
     std::fprintf(stderr, "%s\n", trainer.status().ToString().c_str());
     return 1;
   }
-  TrainingBatch b;
-  b.noised.sample = torch::randn({batch, 4, size, size}, to);
-  b.noised.timestep = torch::randint(0, 1000, {batch}, to.dtype(torch::kInt64));
-  b.noised.encoder_hidden_states =
-      torch::randn({batch, 77, (*teacher)->config().cross_attention_dim}, to);
-  if ((*teacher)->config().text_time_embedding) {
-    b.noised.text_embeds = torch::randn(
-        {batch, (*teacher)->config().projection_class_embeddings_input_dim -
-                    6 * (*teacher)->config().addition_time_embed_dim},
-        to);
-    b.noised.time_ids = torch::full({batch, 6}, 1024.0, to);
-  }
-  b.target = torch::randn({batch, 4, size, size}, to);
-  for (int i = 0; i < 2; ++i) {  // warm-up: cuDNN choices, AdamW state
+  TrainingBatch b = RandomBatch(**teacher, batch, size, to);
+  // Warm-up: cuDNN choices, AdamW state, the graph's capture.
+  for (int i = 0; i <= trainer_options.graph_warmup_steps; ++i) {
     auto r = (*trainer)->Step(b);
     if (!r.ok()) {
       std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
@@ -257,6 +324,13 @@ int RunCase(const std::string& name, const std::string& file, int64_t batch,
       name.c_str(), static_cast<long>(batch), static_cast<long>(size),
       static_cast<long>(size), (*trainer)->student()->NumParameters() / 1e9,
       median * 1e3, batch / median, PeakGiB(device));
+  if (!(*trainer)->cuda_graph_failure().ok()) {
+    std::printf("  CUDA graph capture failed: %s\n",
+                (*trainer)->cuda_graph_failure().ToString().c_str());
+  } else {
+    std::printf("  CUDA graph: %s\n",
+                (*trainer)->replaying_cuda_graph() ? "replayed" : "not used");
+  }
   if (!profile_prefix.empty()) {
     std::string tag = name;
     for (char& c : tag) c = c == ' ' ? '-' : c;
@@ -279,6 +353,7 @@ int main(int argc, char** argv) {
        "on (default) or off: the student's fused autograd nodes"},
       {"profile", false, false, "write Kineto traces to PREFIX-<case>.json"},
       {"check-kernels", false, true, "compare fused and plain gradients"},
+      {"cuda-graph", false, false, "on (default) or off"},
   };
   auto flags = lpd::CliArgs::Parse(
       std::vector<std::string>(argv + 1, argv + argc), specs);
@@ -298,21 +373,25 @@ int main(int argc, char** argv) {
   const int steps = static_cast<int>(flags->GetInt("steps", 10).value_or(10));
   at::globalContext().setBenchmarkCuDNN(true);
   SetFusedTrainingKernelsEnabled(flags->Get("fused-training", "on") != "off");
-  if (flags->Has("check-kernels") && device->is_cuda()) CheckKernels(*device);
+  if (flags->Has("check-kernels") && device->is_cuda()) {
+    CheckKernels(*device);
+    CheckGraphedSteps(*device);
+  }
+  const bool cuda_graph = flags->Get("cuda-graph", "on") != "off";
   const std::string profile = flags->Get("profile", "");
   const std::string which = flags->Get("case", "all");
   int rc = 0;
   if (which == "all" || which == "sd15") {
     rc |= RunCase("SD-v1.5", "sd15-unet.json", 8, 64, 0, *device, precision,
-                  steps, profile);
+                  steps, profile, cuda_graph);
   }
   if (which == "all" || which == "sdxl") {
     rc |= RunCase("SDXL", "sdxl-base-unet.json", 4, 128, 0, *device, precision,
-                  steps, profile);
+                  steps, profile, cuda_graph);
   }
   if (which == "all" || which == "sdxl-pruned") {
     rc |= RunCase("SDXL pruned", "sdxl-base-unet.json", 4, 128, 0.487, *device,
-                  precision, steps, profile);
+                  precision, steps, profile, cuda_graph);
   }
   return rc;
 }

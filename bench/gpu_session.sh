@@ -18,7 +18,7 @@
 #   bench/gpu_session.sh speed [sd15,sdxl,sdxl-pruned,ab,forward,profile]
 #                               one GPU: the fused training kernels checked
 #                               against autograd, distill_step per case (ab:
-#                               also with --fused-training off), Kineto
+#                               also with --cuda-graph off), Kineto
 #                               profiles summarized, the tiny models' CUDA
 #                               forward against the reference vectors and
 #                               unet_forward
@@ -135,13 +135,13 @@ EOF
     has sd15 && build-gpu/bench/distill_step --case sd15 --steps 10 \
       --check-kernels $prof 2>&1 | grep -v Warning | tee "$out/distill-sd15.txt"
     has ab && build-gpu/bench/distill_step --case sd15 --steps 10 \
-      --fused-training off 2>&1 | grep -v Warning | tail -1
+      --cuda-graph off 2>&1 | grep -v Warning | tail -2
     has sdxl && build-gpu/bench/distill_step --case sdxl --steps 6 $prof 2>&1 |
       grep -v Warning | tee "$out/distill-sdxl.txt"
     has sdxl-pruned && build-gpu/bench/distill_step --case sdxl-pruned \
       --steps 6 2>&1 | grep -v Warning | tee "$out/distill-sdxl-pruned.txt"
     has ab && build-gpu/bench/distill_step --case sdxl --steps 6 \
-      --fused-training off 2>&1 | grep -v Warning | tail -1
+      --cuda-graph off 2>&1 | grep -v Warning | tail -2
     for t in "$out"/trace-*.json; do
       [ -f "$t" ] || continue
       echo "== $t"

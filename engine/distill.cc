@@ -18,6 +18,16 @@
 #include <utility>
 #include <vector>
 
+#if defined(LPD_WITH_CUDA) && TORCH_VERSION_MAJOR >= 2
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define LPD_DISTILL_CUDA_GRAPHS 1
+#endif
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -92,26 +102,11 @@ auto StateKey(const torch::Tensor& tensor) {
 #endif
 }
 
-// The 2-norm of all of `tensors` together, computed in float per tensor
-// with multi-tensor kernels.
-double GlobalNorm(const std::vector<torch::Tensor>& tensors) {
-  if (tensors.empty()) return 0.0;
-#if TORCH_VERSION_MAJOR >= 2
-  std::vector<torch::Tensor> norms =
-      at::_foreach_norm(tensors, 2, torch::kFloat32);
-#else
-  std::vector<torch::Tensor> norms;
-  for (const torch::Tensor& t : tensors) {
-    norms.push_back(
-        at::linalg_vector_norm(t, 2, c10::nullopt, false, torch::kFloat32));
-  }
-#endif
-  return at::stack(norms).to(torch::kFloat64).norm().item<double>();
-}
-
 }  // namespace
 
-void MultiTensorAdamWStep(torch::optim::AdamW& optimizer, bool allow_fused) {
+void MultiTensorAdamWStep(torch::optim::AdamW& optimizer, bool allow_fused,
+                          const torch::Tensor& found_inf,
+                          const torch::Tensor& grad_scale) {
   torch::NoGradGuard no_grad;
   for (auto& group : optimizer.param_groups()) {
     auto& o = static_cast<torch::optim::AdamWOptions&>(group.options());
@@ -156,13 +151,22 @@ void MultiTensorAdamWStep(torch::optim::AdamW& optimizer, bool allow_fused) {
                         static_cast<double>(step),
                         l.params.front().options().dtype(torch::kFloat32))
                 .unbind(0);
-        at::_fused_adamw_(l.params, l.grads, l.avgs, l.sqs, {}, steps, lr,
-                          beta1, beta2, wd, eps, /*amsgrad=*/false,
-                          /*maximize=*/false);
+        at::_fused_adamw_(
+            l.params, l.grads, l.avgs, l.sqs, {}, steps, lr, beta1, beta2, wd,
+            eps, /*amsgrad=*/false,
+            /*maximize=*/false,
+            grad_scale.defined() ? std::optional<torch::Tensor>(grad_scale)
+                                 : std::nullopt,
+            found_inf.defined() ? std::optional<torch::Tensor>(found_inf)
+                                : std::nullopt);
         continue;
       }
 #endif
       (void)allow_fused;
+      (void)found_inf;
+      if (grad_scale.defined()) {
+        at::_foreach_div_(l.grads, grad_scale.item<double>());
+      }
       const double bias_correction1 = 1 - std::pow(beta1, step);
       const double bias_correction2 = 1 - std::pow(beta2, step);
       if (wd != 0) at::_foreach_mul_(l.params, 1 - lr * wd);
@@ -378,8 +382,6 @@ DistillTrainer::DistillTrainer(UNet2DConditionModel teacher,
       removed_(std::move(removed)),
       options_(options) {}
 
-DistillTrainer::~DistillTrainer() = default;
-
 absl::StatusOr<std::unique_ptr<DistillTrainer>> DistillTrainer::Create(
     UNet2DConditionModel teacher, const std::set<std::string>& removed_units,
     const DistillTrainerOptions& options) {
@@ -453,6 +455,16 @@ absl::StatusOr<std::unique_ptr<DistillTrainer>> DistillTrainer::Create(
         } else if (trainer->distributed() && trainer->masters_.empty()) {
           trainer->AttachGradientBuffers();
         }
+#ifdef LPD_DISTILL_CUDA_GRAPHS
+        if (options.cuda_graph && options.device.is_cuda() &&
+            !trainer->distributed()) {
+          const c10::DeviceIndex index = options.device.has_index()
+                                             ? options.device.index()
+                                             : c10::cuda::current_device();
+          trainer->cuda_graph_ = std::make_unique<CudaGraphState>(
+              c10::cuda::getStreamFromPool(/*isHighPriority=*/false, index));
+        }
+#endif
         return trainer;
       });
 }
@@ -778,54 +790,310 @@ absl::Status DistillTrainer::SyncReplicas(bool check_teacher) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// The loss values on the device, in one float64 tensor: total, task,
+// output_kd, feature_kd, then the feature terms in `names` order.
+torch::Tensor PackLossValues(const DistillLoss& loss,
+                             std::vector<std::string>* names) {
+  const auto& any = loss.total;
+  auto value = [&](const torch::Tensor& t) {
+    return t.defined() ? t.detach().to(torch::kFloat64).reshape({})
+                       : torch::zeros({}, any.options().dtype(torch::kFloat64));
+  };
+  std::vector<torch::Tensor> values = {value(loss.total), value(loss.task),
+                                       value(loss.output_kd),
+                                       value(loss.feature_kd)};
+  names->clear();
+  for (const auto& [name, term] : loss.feature_terms) {
+    names->push_back(name);
+    values.push_back(value(term));
+  }
+  return torch::stack(values);
+}
+
+DistillLossValues UnpackLossValues(const torch::Tensor& host,
+                                   const std::vector<std::string>& names) {
+  auto v = host.accessor<double, 1>();
+  DistillLossValues values;
+  values.total = v[0];
+  values.task = v[1];
+  values.output_kd = v[2];
+  values.feature_kd = v[3];
+  for (size_t i = 0; i < names.size(); ++i) {
+    values.feature_terms[names[i]] = v[4 + i];
+  }
+  return values;
+}
+
+// Whether AdamW runs as LibTorch's fused kernel (which can skip its update
+// on the device when told the gradients are not finite).
+bool FusedOptimizerOn(const torch::Device& device) {
+#if TORCH_VERSION_MAJOR >= 2
+  return device.is_cuda();
+#else
+  (void)device;
+  return false;
+#endif
+}
+
+// The global 2-norm of `tensors` as a float32 scalar on their device.
+torch::Tensor GlobalNormTensor(const std::vector<torch::Tensor>& tensors) {
+#if TORCH_VERSION_MAJOR >= 2
+  std::vector<torch::Tensor> norms =
+      at::_foreach_norm(tensors, 2, torch::kFloat32);
+#else
+  std::vector<torch::Tensor> norms;
+  for (const torch::Tensor& t : tensors) {
+    norms.push_back(
+        at::linalg_vector_norm(t, 2, c10::nullopt, false, torch::kFloat32));
+  }
+#endif
+  return at::stack(norms).norm();
+}
+
+}  // namespace
+
+struct DistillTrainer::CudaGraphState {
+#ifdef LPD_DISTILL_CUDA_GRAPHS
+  explicit CudaGraphState(c10::cuda::CUDAStream s) : stream(s) {}
+  c10::cuda::CUDAStream stream;
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
+  TrainingBatch inputs;  // the static tensors each replay reads
+  torch::Tensor stats;   // the loss values each replay writes
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> grads;  // what each replay writes (params_)
+#endif
+  int64_t eager_steps = 0;
+  absl::Status failure;  // why the capture failed, if it did
+};
+
+// Runs a scope on the graph's stream, ordered after the caller's stream's
+// work so far, and makes the caller's stream wait for it at the end.
+class DistillTrainer::TrainingStreamScope {
+ public:
+#ifdef LPD_DISTILL_CUDA_GRAPHS
+  explicit TrainingStreamScope(CudaGraphState& state)
+      : side_(state.stream),
+        caller_(c10::cuda::getCurrentCUDAStream(state.stream.device_index())) {
+    at::cuda::CUDAEvent ready;
+    ready.record(caller_);
+    ready.block(side_);
+    guard_.emplace(side_);
+  }
+  ~TrainingStreamScope() {
+    guard_.reset();
+    at::cuda::CUDAEvent done;
+    done.record(side_);
+    done.block(caller_);
+  }
+
+ private:
+  c10::cuda::CUDAStream side_, caller_;
+  std::optional<c10::cuda::CUDAStreamGuard> guard_;
+#else
+  explicit TrainingStreamScope(CudaGraphState&) {}
+#endif
+};
+
+namespace {
+
+#ifdef LPD_DISTILL_CUDA_GRAPHS
+// Applies `fn(dst, src)` to each defined tensor field of two batches.
+template <typename Fn>
+void ForEachTensor(TrainingBatch& a, const TrainingBatch& b, Fn fn) {
+  fn(a.noised.sample, b.noised.sample);
+  fn(a.noised.timestep, b.noised.timestep);
+  fn(a.noised.encoder_hidden_states, b.noised.encoder_hidden_states);
+  fn(a.noised.text_embeds, b.noised.text_embeds);
+  fn(a.noised.time_ids, b.noised.time_ids);
+  fn(a.target, b.target);
+}
+
+bool SameShapes(const TrainingBatch& a, const TrainingBatch& b) {
+  bool same = true;
+  ForEachTensor(const_cast<TrainingBatch&>(a), b,
+                [&](const torch::Tensor& x, const torch::Tensor& y) {
+                  same = same && x.defined() == y.defined() &&
+                         (!x.defined() || (x.sizes() == y.sizes() &&
+                                           x.scalar_type() == y.scalar_type() &&
+                                           x.device() == y.device()));
+                });
+  return same;
+}
+#endif
+
+}  // namespace
+
+DistillTrainer::~DistillTrainer() = default;
+
+bool DistillTrainer::replaying_cuda_graph() const {
+#ifdef LPD_DISTILL_CUDA_GRAPHS
+  return cuda_graph_ != nullptr && cuda_graph_->graph != nullptr;
+#else
+  return false;
+#endif
+}
+
+absl::Status DistillTrainer::cuda_graph_failure() const {
+  return cuda_graph_ != nullptr ? cuda_graph_->failure : absl::OkStatus();
+}
+
+absl::StatusOr<torch::Tensor> DistillTrainer::LocalForwardBackward(
+    const TrainingBatch& batch, std::vector<std::string>* names) {
+#ifdef LPD_DISTILL_CUDA_GRAPHS
+  CudaGraphState* g = cuda_graph_.get();
+  if (g != nullptr && g->failure.ok()) {
+    if (g->graph == nullptr && g->eager_steps >= options_.graph_warmup_steps) {
+      CaptureGraph(batch);
+    }
+    if (g->graph != nullptr && SameShapes(g->inputs, batch)) {
+      return GuardTorch(
+          "replaying the distillation step",
+          [&]() -> absl::StatusOr<torch::Tensor> {
+            ForEachTensor(g->inputs, batch,
+                          [](torch::Tensor& dst, const torch::Tensor& src) {
+                            if (dst.defined()) dst.copy_(src);
+                          });
+            // An eager step in between (a batch of other shapes) may have
+            // replaced the gradients.
+            for (size_t i = 0; i < params_.size(); ++i) {
+              torch::Tensor& p = params_[i].second;
+              if (g->grads[i].defined() && !p.grad().is_same(g->grads[i])) {
+                p.mutable_grad() = g->grads[i];
+              }
+            }
+            g->graph->replay();
+            *names = g->names;
+            return g->stats;
+          });
+    }
+    ++g->eager_steps;
+  }
+#endif
+  return EagerForwardBackward(batch, names);
+}
+
+void DistillTrainer::CaptureGraph(const TrainingBatch& batch) {
+#ifdef LPD_DISTILL_CUDA_GRAPHS
+  CudaGraphState& g = *cuda_graph_;
+  absl::Status status =
+      GuardTorch("capturing the distillation step", [&]() -> absl::Status {
+        g.inputs = TrainingBatch();
+        ForEachTensor(g.inputs, batch,
+                      [](torch::Tensor& dst, const torch::Tensor& src) {
+                        if (src.defined()) dst = src.clone();
+                      });
+        // Backward then creates each gradient inside the graph's memory,
+        // where every replay writes it anew.
+        optimizer_->zero_grad();
+        for (auto& [name, param] : params_) {
+          param.mutable_grad() = torch::Tensor();
+        }
+        // The eager steps' cached activations: the graph's own pool
+        // takes their place.
+        c10::cuda::CUDACachingAllocator::emptyCache();
+        auto graph = std::make_unique<at::cuda::CUDAGraph>();
+        graph->capture_begin();
+        absl::StatusOr<torch::Tensor> stats =
+            [&]() -> absl::StatusOr<torch::Tensor> {
+          ASSIGN_OR_RETURN(DistillLoss loss, ComputeLoss(g.inputs));
+          return GuardTorch(
+              "distillation backward", [&]() -> absl::StatusOr<torch::Tensor> {
+                torch::Tensor packed = PackLossValues(loss, &g.names);
+                loss.total.backward();
+                return packed;
+              });
+        }();
+        graph->capture_end();
+        RETURN_IF_ERROR(stats.status());
+        g.stats = *stats;
+        g.grads.clear();
+        for (auto& [name, param] : params_) g.grads.push_back(param.grad());
+        g.graph = std::move(graph);
+        return absl::OkStatus();
+      });
+  if (!status.ok()) {
+    g.failure = status;
+    g.graph.reset();
+    g.inputs = TrainingBatch();
+    g.grads.clear();
+    for (auto& [name, param] : params_) param.mutable_grad() = torch::Tensor();
+  }
+#else
+  (void)batch;
+#endif
+}
+
+absl::StatusOr<torch::Tensor> DistillTrainer::EagerForwardBackward(
+    const TrainingBatch& batch, std::vector<std::string>* names) {
+  ASSIGN_OR_RETURN(DistillLoss loss, ComputeLoss(batch));
+  return GuardTorch("distillation backward",
+                    [&]() -> absl::StatusOr<torch::Tensor> {
+                      torch::Tensor stats = PackLossValues(loss, names);
+                      optimizer_->zero_grad();
+                      for (auto& [name, param] : params_) {
+                        if (param.grad().defined()) {
+                          param.mutable_grad().zero_();
+                        }
+                      }
+                      RECORD_USER_SCOPE("distill.backward");
+                      loss.total.backward();
+                      return stats;
+                    });
+}
+
 absl::StatusOr<StepReport> DistillTrainer::Step(const TrainingBatch& batch) {
+  // With CUDA graphs every step runs on the graph's capture stream (ordered
+  // after and before the caller's stream), so that warm-up and capture see
+  // the same stream.
+  std::optional<TrainingStreamScope> stream_scope;
+  if (cuda_graph_ != nullptr) stream_scope.emplace(*cuda_graph_);
+  return StepOnStream(batch);
+}
+
+absl::StatusOr<StepReport> DistillTrainer::StepOnStream(
+    const TrainingBatch& batch) {
   const auto start = std::chrono::steady_clock::now();
   StepReport report;
   report.step = step_;
-  torch::Tensor objective;  // what backward() differentiates
+  report.learning_rate = LearningRateAt(step_);
+  for (auto& group : optimizer_->param_groups()) {
+    group.options().set_lr(report.learning_rate);
+  }
+  // Forward and backward: the gradients land in the parameters, the loss
+  // values stay on the device until the step's one read-back at its end.
+  torch::Tensor stats;
+  std::vector<std::string> names;
   DistributedLossResult distributed_loss;
-  if (!distributed()) {
-    ASSIGN_OR_RETURN(DistillLoss loss, ComputeLoss(batch));
-    RETURN_IF_ERROR(GuardTorch("distillation step", [&]() -> absl::Status {
-      report.loss = LossValues(loss);
-      return absl::OkStatus();
-    }));
-    objective = loss.total;
-  } else {
+  if (distributed()) {
     ASSIGN_OR_RETURN(distributed_loss, DistributedLoss(batch));
-    objective = distributed_loss.objective;
+    RETURN_IF_ERROR(GuardTorch("distillation backward", [&]() -> absl::Status {
+      if (!grad_buffers_.empty()) {
+        ZeroGradientBuffers();
+      } else {
+        optimizer_->zero_grad();
+        for (auto& [name, param] : params_) {
+          if (param.grad().defined()) param.mutable_grad().zero_();
+        }
+      }
+      if (reducer_) reducer_->Arm();
+      {
+        RECORD_USER_SCOPE("distill.backward");
+        distributed_loss.objective.backward();
+      }
+      // Every rank continues with the mean gradient.
+      return reducer_ ? reducer_->Finish() : absl::OkStatus();
+    }));
+    stats = distributed_loss.stats;
+  } else {
+    ASSIGN_OR_RETURN(stats, LocalForwardBackward(batch, &names));
   }
   return GuardTorch("distillation step", [&]() -> absl::StatusOr<StepReport> {
-    auto check_loss = [&]() -> absl::Status {
-      if (std::isfinite(report.loss.total)) return absl::OkStatus();
-      return absl::InternalError(
-          absl::StrCat("distillation: non-finite loss at step ", step_));
-    };
-    if (!distributed()) RETURN_IF_ERROR(check_loss());
-    report.learning_rate = LearningRateAt(step_);
-    for (auto& group : optimizer_->param_groups()) {
-      group.options().set_lr(report.learning_rate);
-    }
-    if (!grad_buffers_.empty()) {
-      ZeroGradientBuffers();
-    } else {
-      optimizer_->zero_grad();
-      for (auto& [name, param] : params_) {
-        if (param.grad().defined()) param.mutable_grad().zero_();
-      }
-    }
-    if (reducer_) reducer_->Arm();
-    {
-      RECORD_USER_SCOPE("distill.backward");
-      objective.backward();
-    }
-    // Data-parallel: every rank continues with the mean gradient.
-    if (reducer_) RETURN_IF_ERROR(reducer_->Finish());
-
     std::vector<torch::Tensor> grads;
+    torch::NoGradGuard no_grad;
     {
       RECORD_USER_SCOPE("distill.clip");
-      torch::NoGradGuard no_grad;
       if (!grad_buffers_.empty()) {
         grads = grad_buffers_;  // every gradient, flat
       } else {
@@ -843,31 +1111,61 @@ absl::StatusOr<StepReport> DistillTrainer::Step(const TrainingBatch& batch) {
       if (distributed() && !reducer_) {
         RETURN_IF_ERROR(options_.data_parallel->AllReduceMean(grads));
       }
-      // Multi-tensor norms and one host synchronization for the global
-      // norm, not a launch and a wait per tensor.
-      report.grad_norm = GlobalNorm(grads);
-      if (distributed()) {
-        // Long computed by now: reading it back waits for nothing.
-        report.loss = GlobalLossValues(distributed_loss,
-                                       distributed_loss.stats.to(torch::kCPU));
-        RETURN_IF_ERROR(check_loss());
+    }
+    torch::Tensor norm =
+        grads.empty() ? torch::zeros({}, stats.options().dtype(torch::kFloat32))
+                      : GlobalNormTensor(grads);
+    // The step's one host synchronization: the loss values and the norm.
+    auto read_back = [&]() -> absl::Status {
+      torch::Tensor host =
+          torch::cat({stats, norm.to(torch::kFloat64).reshape({1})})
+              .to(torch::kCPU);
+      report.grad_norm = host[host.size(0) - 1].item<double>();
+      torch::Tensor loss_values = host.narrow(0, 0, host.size(0) - 1);
+      report.loss = distributed() ? GlobalLossValues(distributed_loss,
+                                                     loss_values.contiguous())
+                                  : UnpackLossValues(loss_values, names);
+      if (!std::isfinite(report.loss.total)) {
+        return absl::InternalError(
+            absl::StrCat("distillation: non-finite loss at step ", step_));
       }
       if (!std::isfinite(report.grad_norm)) {
         return absl::InternalError(absl::StrCat(
             "distillation: non-finite gradient norm at step ", step_));
       }
+      return absl::OkStatus();
+    };
+    if (FusedOptimizerOn(options_.device)) {
+      // Clip and update without waiting for the host: the clip divisor is
+      // computed on the device, and the fused AdamW kernel leaves every
+      // tensor untouched when the norm or the loss is not finite (the
+      // read-back then reports it).
+      // AdamW divides the gradients by this (≥ 1) before using them.
+      torch::Tensor clip_divisor;
+      if (options_.max_grad_norm > 0 && !grads.empty()) {
+        clip_divisor = ((norm + 1e-6) / options_.max_grad_norm).clamp_min(1.0);
+      }
+      const torch::Tensor not_finite =
+          torch::logical_not(torch::isfinite(norm) &
+                             torch::isfinite(stats.sum()))
+              .to(torch::kFloat32);
+      {
+        RECORD_USER_SCOPE("distill.adamw");
+        MultiTensorAdamWStep(*optimizer_, /*allow_fused=*/true, not_finite,
+                             clip_divisor);
+      }
+      RETURN_IF_ERROR(read_back());
+    } else {
+      RETURN_IF_ERROR(read_back());
       if (options_.max_grad_norm > 0 &&
           report.grad_norm > options_.max_grad_norm) {
         const double scale = options_.max_grad_norm / (report.grad_norm + 1e-6);
         at::_foreach_mul_(grads, scale);
       }
-    }
-    {
       RECORD_USER_SCOPE("distill.adamw");
-      MultiTensorAdamWStep(*optimizer_);
+      MultiTensorAdamWStep(*optimizer_, /*allow_fused=*/false);
     }
     if (!masters_.empty()) {
-      torch::NoGradGuard no_grad;
       for (size_t i = 0; i < params_.size(); ++i) {
         params_[i].second.copy_(masters_[i]);
       }

@@ -118,9 +118,14 @@ uint64_t BatchSeed(uint64_t seed, int64_t step);
 // step instead of about seven per parameter tensor. AMSGrad falls back to
 // optimizer.step(). On CUDA with LibTorch 2.x, `allow_fused` runs LibTorch's
 // fused AdamW kernel instead (one pass over parameter, gradient and state;
-// the same update, computed in float).
+// the same update, computed in float); there a defined `found_inf` (float
+// scalar on the device) equal to 1 makes it change nothing. A defined
+// `grad_scale` (float scalar) divides every gradient first (in place), on
+// the device when fused: gradient clipping without a host synchronization.
 void MultiTensorAdamWStep(torch::optim::AdamW& optimizer,
-                          bool allow_fused = true);
+                          bool allow_fused = true,
+                          const torch::Tensor& found_inf = {},
+                          const torch::Tensor& grad_scale = {});
 
 // How the student is held while training.
 enum class TrainingPrecision {
@@ -159,6 +164,14 @@ struct DistillTrainerOptions {
   // make the same calls (Create, Resume, Step/Train, SaveCheckpoint) with the
   // same arguments.
   DataParallelGroup* data_parallel = nullptr;
+  // Single-process CUDA with LibTorch 2.x: after `graph_warmup_steps` eager
+  // steps, capture the teacher's and student's forward, the loss and the
+  // backward pass in one CUDA graph and replay it each step (clipping and
+  // AdamW stay eager; nothing waits for the host in between). A batch of
+  // other shapes runs eagerly; a capture that fails falls back to eager
+  // steps for good.
+  bool cuda_graph = true;
+  int64_t graph_warmup_steps = 2;
 };
 
 // What a progress callback receives after each step.
@@ -205,6 +218,13 @@ class DistillTrainer {
   // this rank uses its slice); advances step() by one. Gradients are left in
   // the student's parameters (averaged over the ranks, clipped).
   absl::StatusOr<StepReport> Step(const TrainingBatch& batch);
+
+  // Whether Step replays a captured CUDA graph (options.cuda_graph, after
+  // the warm-up, unless the capture failed).
+  bool replaying_cuda_graph() const;
+  // Why capturing the CUDA graph failed (OK when it did not, or was never
+  // tried); steps then run eagerly.
+  absl::Status cuda_graph_failure() const;
 
   // Steps from step() until `end_step` with batches(step), reporting each
   // step, writing checkpoints as `checkpoints` says. A progress callback's
@@ -255,6 +275,20 @@ class DistillTrainer {
                  std::set<std::string> removed,
                  const DistillTrainerOptions& options);
   UNetInputs ToModel(const UNetInputs& inputs, torch::Dtype dtype) const;
+  absl::StatusOr<StepReport> StepOnStream(const TrainingBatch& batch);
+  // Single-process forward and backward of `batch`, eager or replayed from
+  // the CUDA graph: the loss values on the device (float64: total, task,
+  // output_kd, feature_kd, then the terms of `names`).
+  absl::StatusOr<torch::Tensor> LocalForwardBackward(
+      const TrainingBatch& batch, std::vector<std::string>* names);
+  absl::StatusOr<torch::Tensor> EagerForwardBackward(
+      const TrainingBatch& batch, std::vector<std::string>* names);
+  // Captures the graph on `batch`'s shapes (nothing runs); on failure
+  // records why in cuda_graph_failure() and leaves the trainer eager.
+  void CaptureGraph(const TrainingBatch& batch);
+  // The captured graph, its stream and its static tensors (CUDA builds).
+  struct CudaGraphState;
+  class TrainingStreamScope;
   // The teacher's and student's outputs and features for `batch`.
   struct Forward;
   absl::StatusOr<Forward> RunForward(const TrainingBatch& batch);
@@ -311,6 +345,8 @@ class DistillTrainer {
   // order); empty when not used.
   std::vector<torch::Tensor> grad_buffers_;
   std::vector<torch::Tensor> grad_views_;
+  // Set when options.cuda_graph applies (see Create).
+  std::unique_ptr<CudaGraphState> cuda_graph_;
   int64_t step_ = 0;
 };
 

@@ -260,7 +260,7 @@ torch::Tensor AttentionImpl::FusedProjectionWeight(
   const torch::Tensor& first = parts.front();
   const int64_t cols = first.size(1);
   for (const torch::Tensor& part : parts) {
-    packed = packed && !part.requires_grad() && part.is_contiguous() &&
+    packed = packed && part.is_contiguous() &&
              part.size(1) == cols &&
              part.scalar_type() == first.scalar_type() &&
              part.storage().unsafeGetStorageImpl() ==

@@ -131,9 +131,10 @@ void CheckKernels(torch::Device device) {
       auto plain = grads(in, probe, false, f);
       auto fused = grads(in, probe, true, f);
       std::printf("  check %-5s %-22s", torch::toString(dtype), name);
-      const char* labels[] = {"y", "dx", "dw", "db", "dadd"};
+      // The output, then the gradient of each input in order.
       for (size_t i = 0; i < plain.size(); ++i) {
-        std::printf(" %s %.1e", labels[std::min<size_t>(i, 4)],
+        std::printf(" %s %.1e",
+                    i == 0 ? "y" : ("d" + std::to_string(i)).c_str(),
                     RelativeDiff(plain[i], fused[i]));
       }
       std::printf("\n");
@@ -156,6 +157,21 @@ void CheckKernels(torch::Device device) {
     torch::Tensor g = torch::randn({4, 256, 2560}, to);
     compare("geglu", {g}, torch::randn({4, 256, 1280}, to),
             [](const std::vector<torch::Tensor>& v) { return Geglu(v[0]); });
+    torch::Tensor t = torch::randn({4, 1024, 1280}, to);
+    compare("linear",
+            {t, torch::randn({640, 1280}, to) * 0.03, torch::randn({640}, to)},
+            torch::randn({4, 1024, 640}, to),
+            [](const std::vector<torch::Tensor>& v) {
+              return LinearOp(v[0], v[1], v[2]);
+            });
+    compare("add+layer_norm",
+            {t, torch::randn_like(t), torch::rand({1280}, to) + 0.5,
+             torch::randn({1280}, to)},
+            torch::randn({4, 1024, 2560}, to),
+            [](const std::vector<torch::Tensor>& v) {
+              auto [sum, y] = AddLayerNorm(v[0], v[1], v[2], v[3], 1e-5);
+              return torch::cat({sum, y}, -1);
+            });
 
     // AdamW: three steps each way from the same start.
     std::vector<torch::Tensor> params = {

@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -96,6 +98,17 @@ cudaStream_t CurrentStream() {
   return c10::cuda::getCurrentCUDAStream().stream();
 }
 #endif
+
+// Whether every defined tensor's data starts on a 16-byte boundary (what
+// the kernels that move 8 16-bit elements at a time need).
+bool Aligned16(std::initializer_list<const torch::Tensor*> tensors) {
+  for (const torch::Tensor* t : tensors) {
+    if (t->defined() && reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0) {
+      return false;
+    }
+  }
+  return true;
+}
 
 // The arithmetic dtype of the plain-op formulas: double for double inputs,
 // float otherwise (as the kernels).
@@ -357,6 +370,212 @@ class GegluFunction : public torch::autograd::Function<GegluFunction> {
   }
 };
 
+// The autograd node of LinearOp: saves x and weight.
+class LinearFunction : public torch::autograd::Function<LinearFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight,
+                               const torch::Tensor& bias, bool kernel) {
+    ctx->save_for_backward({x, weight});
+    ctx->saved_data["kernel"] = kernel;
+    return at::linear(x, weight, bias);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &weight = saved[1];
+    const int64_t out = weight.size(0), in = weight.size(1);
+    const torch::Tensor dy = grads[0].reshape({-1, out});
+    torch::Tensor dx, dweight, dbias;
+    if (ctx->needs_input_grad(0)) {
+      dx = dy.mm(weight).view(x.sizes());
+    }
+    if (ctx->needs_input_grad(1)) {
+      dweight = dy.t().mm(x.reshape({-1, in}));
+    }
+    if (ctx->needs_input_grad(2)) {
+      const torch::Tensor rows = dy.contiguous();
+      dbias = ctx->saved_data["kernel"].toBool() && Aligned16({&rows})
+                  ? ColumnSum(rows)
+                  : dy.sum(0);
+    }
+    return {dx, dweight, dbias, {}};
+  }
+
+ private:
+  static torch::Tensor ColumnSum(const torch::Tensor& rows) {
+#ifdef LPD_WITH_CUDA
+    torch::Tensor out = torch::empty({rows.size(1)}, rows.options());
+    torch::Tensor workspace =
+        torch::empty({static_cast<int64_t>(cuda::ColumnSumWorkspaceBytes(
+                         rows.size(0), rows.size(1)))},
+                     rows.options().dtype(torch::kUInt8));
+    Check(cuda::LaunchColumnSum(ElementTypeOf(rows), rows.data_ptr(),
+                                out.data_ptr(), rows.size(0), rows.size(1),
+                                workspace.data_ptr(), CurrentStream()),
+          "column sum kernel");
+    return out;
+#else
+    return rows.sum(0);
+#endif
+  }
+};
+
+bool LayerNormKernelTakes(const torch::Tensor& x, const torch::Tensor& residual,
+                          const torch::Tensor& weight,
+                          const torch::Tensor& bias) {
+#ifdef LPD_WITH_CUDA
+  const int64_t dim = x.size(-1);
+  return KernelTakes(x) && x.scalar_type() != torch::kFloat32 && dim % 8 == 0 &&
+         dim <= cuda::kMaxLayerNormDim && x.is_contiguous() &&
+         weight.scalar_type() == x.scalar_type() &&
+         bias.scalar_type() == x.scalar_type() &&
+         (!residual.defined() ||
+          (residual.is_contiguous() && residual.sizes() == x.sizes() &&
+           residual.scalar_type() == x.scalar_type()));
+#else
+  (void)x, (void)residual, (void)weight, (void)bias;
+  return false;
+#endif
+}
+
+// The autograd node of AddLayerNorm: outputs {sum, y} with a residual, {y}
+// without; saves the sum (or x), the weight and each row's mean and rstd.
+// Backward gives x and the residual the same gradient, dsum plus the
+// normalization's.
+class AddLayerNormFunction
+    : public torch::autograd::Function<AddLayerNormFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& given_residual,
+                               const torch::Tensor& weight,
+                               const torch::Tensor& bias, double eps,
+                               bool kernel) {
+    const bool has_residual = given_residual.numel() > 0;
+    const torch::Tensor residual =
+        has_residual ? given_residual : torch::Tensor();
+    torch::Tensor sum, y, stats;
+    if (kernel) {
+      std::tie(sum, y, stats) =
+          Kernel(x, residual, weight, bias, eps, /*with_stats=*/true);
+    } else {
+      sum = has_residual ? x + residual : x;
+      const int64_t dim = x.size(-1);
+      auto [out, mean, rstd] =
+          at::native_layer_norm(sum.contiguous(), {dim}, weight, bias, eps);
+      y = out;
+      stats = at::stack({mean.reshape({-1}), rstd.reshape({-1})}, -1)
+                  .to(ComputeDtype(x));
+    }
+    ctx->save_for_backward({sum, weight, stats});
+    ctx->saved_data["residual"] = has_residual;
+    ctx->saved_data["kernel"] = kernel;
+    if (has_residual) return {sum, y};
+    return {y};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &sum = saved[0], &weight = saved[1], &stats = saved[2];
+    const bool has_residual = ctx->saved_data["residual"].toBool();
+    const torch::Tensor dsum = has_residual ? grads[0] : torch::Tensor();
+    const torch::Tensor dy = has_residual ? grads[1] : grads[0];
+    torch::Tensor dx, dweight, dbias;
+    if (ctx->saved_data["kernel"].toBool()) {
+      std::tie(dx, dweight, dbias) =
+          BackwardKernel(sum, dy, dsum, weight, stats);
+    }
+    if (!dx.defined()) {  // off CUDA, or data the kernel cannot take
+      std::tie(dx, dweight, dbias) =
+          BackwardPlain(sum, dy, dsum, weight, stats);
+    }
+    return {dx, has_residual ? dx : torch::Tensor(), dweight, dbias, {}, {}};
+  }
+
+  // {sum, y, stats (float [rows, 2], when asked)} by the forward kernel.
+  static std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> Kernel(
+      const torch::Tensor& x, const torch::Tensor& residual,
+      const torch::Tensor& weight, const torch::Tensor& bias, double eps,
+      bool with_stats) {
+#ifdef LPD_WITH_CUDA
+    const int64_t dim = x.size(-1), rows = x.numel() / dim;
+    torch::Tensor sum = residual.defined() ? torch::empty_like(x) : x;
+    torch::Tensor y = torch::empty_like(x);
+    torch::Tensor stats;
+    if (with_stats) {
+      stats = torch::empty({rows, 2}, x.options().dtype(torch::kFloat32));
+    }
+    Check(cuda::LaunchAddLayerNorm(
+              ElementTypeOf(x), x.data_ptr(),
+              residual.defined() ? residual.data_ptr() : nullptr,
+              weight.data_ptr(), bias.data_ptr(), sum.data_ptr(), y.data_ptr(),
+              rows, dim, static_cast<float>(eps), CurrentStream(),
+              with_stats ? stats.data_ptr() : nullptr),
+          "layer norm kernel");
+    return {sum, y, stats};
+#else
+    (void)x, (void)residual, (void)weight, (void)bias, (void)eps,
+        (void)with_stats;
+    throw std::logic_error("fused kernels are not in this build");
+#endif
+  }
+
+ private:
+  using Grads = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor>;
+
+  static Grads BackwardKernel(const torch::Tensor& sum, const torch::Tensor& dy,
+                              const torch::Tensor& dsum,
+                              const torch::Tensor& weight,
+                              const torch::Tensor& stats) {
+#ifdef LPD_WITH_CUDA
+    const int64_t dim = sum.size(-1), rows = sum.numel() / dim;
+    const torch::Tensor g = dy.contiguous();
+    const torch::Tensor p = dsum.defined() ? dsum.contiguous() : dsum;
+    if (!Aligned16({&sum, &g, &p})) return {};
+    torch::Tensor dx = torch::empty_like(sum);
+    torch::Tensor dweight = torch::empty_like(weight);
+    torch::Tensor dbias = torch::empty_like(weight);
+    torch::Tensor workspace =
+        torch::empty({static_cast<int64_t>(
+                         cuda::LayerNormBackwardWorkspaceBytes(rows, dim))},
+                     sum.options().dtype(torch::kUInt8));
+    Check(
+        cuda::LaunchLayerNormBackward(
+            ElementTypeOf(sum), sum.data_ptr(), g.data_ptr(),
+            p.defined() ? p.data_ptr() : nullptr, weight.data_ptr(),
+            stats.data_ptr(), dx.data_ptr(), dweight.data_ptr(),
+            dbias.data_ptr(), rows, dim, workspace.data_ptr(), CurrentStream()),
+        "layer norm backward kernel");
+    return {dx, dweight, dbias};
+#else
+    (void)sum, (void)dy, (void)dsum, (void)weight, (void)stats;
+    throw std::logic_error("fused kernels are not in this build");
+#endif
+  }
+
+  // With x̂ = (s − mean)·rstd and g = dy·w per row:
+  // dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) + dsum, dw = Σ dy·x̂, db = Σ dy.
+  static Grads BackwardPlain(const torch::Tensor& sum, const torch::Tensor& dy,
+                             const torch::Tensor& dsum,
+                             const torch::Tensor& weight,
+                             const torch::Tensor& stats) {
+    const torch::Dtype ct = ComputeDtype(sum);
+    const int64_t dim = sum.size(-1);
+    const torch::Tensor s = sum.to(ct).reshape({-1, dim});
+    const torch::Tensor d = dy.to(ct).reshape({-1, dim});
+    const torch::Tensor mean = stats.select(-1, 0).to(ct).unsqueeze(-1);
+    const torch::Tensor rstd = stats.select(-1, 1).to(ct).unsqueeze(-1);
+    const torch::Tensor xhat = (s - mean) * rstd;
+    const torch::Tensor g = d * weight.to(ct);
+    torch::Tensor dx =
+        rstd * (g - g.mean(-1, true) - xhat * (g * xhat).mean(-1, true));
+    if (dsum.defined()) dx = dx + dsum.to(ct).reshape({-1, dim});
+    return {dx.to(sum.scalar_type()).view(sum.sizes()),
+            (d * xhat).sum(0).to(weight.scalar_type()),
+            d.sum(0).to(weight.scalar_type())};
+  }
+};
+
 }  // namespace
 
 bool HasFusedCudaKernels() {
@@ -401,25 +620,21 @@ std::pair<torch::Tensor, torch::Tensor> AddLayerNorm(
     const torch::Tensor& x, const torch::Tensor& residual,
     const torch::Tensor& weight, const torch::Tensor& bias, double eps) {
   const int64_t dim = x.size(-1);
-#ifdef LPD_WITH_CUDA
-  if (KernelTakes(x) && !NeedsGradient({&x, &residual, &weight, &bias}) &&
-      x.scalar_type() != torch::kFloat32 && dim % 8 == 0 &&
-      dim <= cuda::kMaxLayerNormDim && x.is_contiguous() &&
-      weight.scalar_type() == x.scalar_type() &&
-      (!residual.defined() ||
-       (residual.is_contiguous() && residual.sizes() == x.sizes() &&
-        residual.scalar_type() == x.scalar_type()))) {
-    torch::Tensor sum = residual.defined() ? torch::empty_like(x) : x;
-    torch::Tensor y = torch::empty_like(x);
-    Check(cuda::LaunchAddLayerNorm(
-              ElementTypeOf(x), x.data_ptr(),
-              residual.defined() ? residual.data_ptr() : nullptr,
-              weight.data_ptr(), bias.data_ptr(), sum.data_ptr(), y.data_ptr(),
-              x.numel() / dim, dim, static_cast<float>(eps), CurrentStream()),
-          "layer norm kernel");
+  const bool kernel = LayerNormKernelTakes(x, residual, weight, bias);
+  if (NeedsGradient({&x, &residual, &weight, &bias})) {
+    if (UseFusedNode(kernel, x)) {
+      // (An empty tensor stands for "no residual": see GroupNormAct.)
+      variable_list out = AddLayerNormFunction::apply(
+          x, residual.defined() ? residual : torch::empty({0}, x.options()),
+          weight, bias, eps, kernel);
+      if (residual.defined()) return {out[0], out[1]};
+      return {x, out[0]};
+    }
+  } else if (kernel) {
+    auto [sum, y, stats] =
+        AddLayerNormFunction::Kernel(x, residual, weight, bias, eps, false);
     return {sum, y};
   }
-#endif
   torch::Tensor sum = residual.defined() ? x + residual : x;
   return {sum, at::layer_norm(sum, {dim}, weight, bias, eps)};
 }
@@ -433,6 +648,21 @@ torch::Tensor Geglu(const torch::Tensor& x) {
   }
   auto parts = x.chunk(2, -1);  // hidden, gate
   return parts[0] * at::gelu(parts[1]);
+}
+
+torch::Tensor LinearOp(const torch::Tensor& x, const torch::Tensor& weight,
+                       const torch::Tensor& bias) {
+  if (bias.defined() && NeedsGradient({&x, &weight, &bias})) {
+    // The kernel takes 16-bit data with 8-element rows (bf16, fp16).
+    const bool kernel = KernelTakes(x) && x.scalar_type() != torch::kFloat32 &&
+                        weight.scalar_type() == x.scalar_type() &&
+                        bias.scalar_type() == x.scalar_type() &&
+                        weight.size(0) % 8 == 0;
+    if (UseFusedNode(kernel, x)) {
+      return LinearFunction::apply(x, weight, bias, kernel);
+    }
+  }
+  return at::linear(x, weight, bias);
 }
 
 }  // namespace lpd::engine

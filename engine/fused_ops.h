@@ -29,6 +29,13 @@ std::pair<torch::Tensor, torch::Tensor> AddLayerNorm(
 // x [..., 2n] → x[..., :n] · gelu(x[..., n:]) (exact GELU).
 torch::Tensor Geglu(const torch::Tensor& x);
 
+// at::linear(x, weight, bias). Recording a gradient with a bias on the GPU,
+// one autograd node: the same GEMMs for dx and dweight (each only when
+// needed), the bias gradient summed by the engine's column-sum kernel
+// instead of LibTorch's generic reduction.
+torch::Tensor LinearOp(const torch::Tensor& x, const torch::Tensor& weight,
+                       const torch::Tensor& bias);
+
 // Whether the CUDA kernels are compiled into this build.
 bool HasFusedCudaKernels();
 

@@ -180,5 +180,76 @@ TEST_F(FusedAutogradTest, GegluNodeGradientsEqualAutograds) {
       << (got[0] - expected[0]).abs().max().item<double>();
 }
 
+TEST_F(FusedAutogradTest, LinearNodeGradientsEqualAutograds) {
+  torch::manual_seed(10);
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  std::vector<torch::Tensor> inputs = {torch::randn({3, 5, 16}, f64),
+                                       torch::randn({24, 16}, f64),
+                                       torch::randn({24}, f64)};
+  const torch::Tensor probe = torch::randn({3, 5, 24}, f64);
+  auto f = [](const std::vector<torch::Tensor>& in) {
+    return LinearOp(in[0], in[1], in[2]);
+  };
+  SetFusedTrainingKernelsEnabled(false);
+  std::vector<torch::Tensor> expected = Gradients(f, inputs, probe);
+  SetFusedTrainingKernelsEnabled(true);
+  std::string node;
+  std::vector<torch::Tensor> got = Gradients(f, inputs, probe, &node);
+  EXPECT_NE(node.find("LinearFunction"), std::string::npos) << node;
+  for (size_t i = 0; i < 3; ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_TRUE(torch::allclose(got[i], expected[i], 1e-10, 1e-12));
+  }
+  // An input that needs no gradient gets none (its GEMM is skipped).
+  torch::Tensor x = torch::randn({4, 16}, f64);
+  torch::Tensor w = torch::randn({24, 16}, f64).set_requires_grad(true);
+  torch::Tensor b = torch::randn({24}, f64).set_requires_grad(true);
+  LinearOp(x, w, b).sum().backward();
+  EXPECT_FALSE(x.grad().defined());
+  EXPECT_TRUE(torch::allclose(b.grad(), torch::full({24}, 4.0, f64)));
+}
+
+TEST_F(FusedAutogradTest, AddLayerNormNodeGradientsEqualAutograds) {
+  torch::manual_seed(11);
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  for (bool with_residual : {true, false}) {
+    SCOPED_TRACE(with_residual);
+    std::vector<torch::Tensor> inputs = {
+        torch::randn({3, 5, 16}, f64) * 2 + 1, torch::randn({3, 5, 16}, f64),
+        torch::rand({16}, f64) + 0.5, torch::randn({16}, f64)};
+    // Both outputs feed the probe, as the sum feeds the next residual.
+    const torch::Tensor probe = torch::randn({3, 5, 32}, f64);
+    auto f = [&](const std::vector<torch::Tensor>& in) {
+      auto [sum, y] = AddLayerNorm(
+          in[0], with_residual ? in[1] : torch::Tensor(), in[2], in[3], 1e-5);
+      return torch::cat({sum * 1.5, y}, -1);
+    };
+    SetFusedTrainingKernelsEnabled(false);
+    std::vector<torch::Tensor> expected = Gradients(f, inputs, probe);
+    SetFusedTrainingKernelsEnabled(true);
+    std::vector<torch::Tensor> got = Gradients(f, inputs, probe);
+    for (size_t i = 0; i < 4; ++i) {
+      if (i == 1 && !with_residual) {
+        EXPECT_FALSE(got[i].defined());
+        continue;
+      }
+      SCOPED_TRACE(i);
+      ASSERT_TRUE(got[i].defined());
+      EXPECT_TRUE(torch::allclose(got[i], expected[i], 1e-9, 1e-10))
+          << (got[i] - expected[i]).abs().max().item<double>();
+    }
+    // The forward values are the plain ones.
+    auto [sum, y] = AddLayerNorm(inputs[0].set_requires_grad(true), inputs[1],
+                                 inputs[2], inputs[3], 1e-5);
+    EXPECT_NE(y.grad_fn()->name().find("AddLayerNormFunction"),
+              std::string::npos);
+    EXPECT_TRUE(torch::allclose(y,
+                                torch::layer_norm(inputs[0] + inputs[1], {16},
+                                                  inputs[2], inputs[3], 1e-5),
+                                1e-10, 1e-12));
+    inputs[0].set_requires_grad(false);
+  }
+}
+
 }  // namespace
 }  // namespace lpd::engine

@@ -129,7 +129,7 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
     FlopCounter::Add(2 * (x.numel() / x.size(-1)) * weight.size(0) *
                      weight.size(1));
   }
-  return at::linear(x, weight, bias);
+  return LinearOp(x, weight, bias);
 }
 
 GroupNormImpl::GroupNormImpl(const GroupNormOptions& o) : options(o) {
@@ -260,8 +260,7 @@ torch::Tensor AttentionImpl::FusedProjectionWeight(
   const torch::Tensor& first = parts.front();
   const int64_t cols = first.size(1);
   for (const torch::Tensor& part : parts) {
-    packed = packed && part.is_contiguous() &&
-             part.size(1) == cols &&
+    packed = packed && part.is_contiguous() && part.size(1) == cols &&
              part.scalar_type() == first.scalar_type() &&
              part.storage().unsafeGetStorageImpl() ==
                  first.storage().unsafeGetStorageImpl() &&

@@ -453,6 +453,179 @@ __global__ void GegluBackwardVecKernel(const T* __restrict__ x,
   }
 }
 
+// Column sums of a row-major [rows, cols] matrix, first per (row split,
+// column tile): each lane of a block owns eight adjacent columns of the
+// block's 256, its 8 warps take every 8th row of the split, and the warps'
+// sums meet in shared memory. partials: float [splits, cols].
+template <typename T>
+__global__ void ColumnSumPartialsKernel(const T* __restrict__ x, int64_t rows,
+                                        int64_t cols, int64_t rows_per_split,
+                                        float* __restrict__ partials) {
+  __shared__ float shared[8][256];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t octets = cols / 8;
+  const int64_t octet = blockIdx.x * int64_t{32} + lane;
+  const int64_t row_begin = blockIdx.y * rows_per_split;
+  const int64_t row_end = min(rows, row_begin + rows_per_split);
+  float sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  if (octet < octets) {
+    const auto* xv = reinterpret_cast<const uint4*>(x);
+    for (int64_t r = row_begin + warp; r < row_end; r += 8) {
+      float v[8];
+      Octet<T>{xv[r * octets + octet]}.ToFloat(v);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) sum[k] += v[k];
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 8; ++k) shared[warp][lane * 8 + k] = sum[k];
+  __syncthreads();
+  const int64_t col = blockIdx.x * int64_t{256} + threadIdx.x;
+  if (col < cols) {
+    float total = 0.f;
+#pragma unroll
+    for (int w = 0; w < 8; ++w) total += shared[w][threadIdx.x];
+    partials[blockIdx.y * cols + col] = total;
+  }
+}
+
+template <typename T>
+__global__ void ColumnSumFinishKernel(const float* __restrict__ partials,
+                                      int64_t splits, int64_t cols,
+                                      T* __restrict__ out) {
+  const int64_t col = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (col >= cols) return;
+  float total = 0.f;
+  for (int64_t s = 0; s < splits; ++s) total += partials[s * cols + col];
+  out[col] = static_cast<T>(total);
+}
+
+// Backward of AddLayerNormKernel for dx, one warp per row, reading the row
+// twice (the second time from cache): with x̂ = (s − mean)·rstd and
+// g = dy·w, dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) + dsum (dsum: the
+// gradient of the sum output, may be null).
+template <typename T>
+__global__ void LayerNormBackwardInputKernel(const T* __restrict__ s,
+                                             const T* __restrict__ dy,
+                                             const T* __restrict__ dsum,
+                                             const T* __restrict__ weight,
+                                             const float2* __restrict__ stats,
+                                             T* __restrict__ dx, int64_t rows,
+                                             int64_t dim) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int64_t vecs = dim / 8;
+  const uint4* sr = reinterpret_cast<const uint4*>(s + row * dim);
+  const uint4* dr = reinterpret_cast<const uint4*>(dy + row * dim);
+  const uint4* wr = reinterpret_cast<const uint4*>(weight);
+  const float2 st = stats[row];
+  float sum_g = 0.f, sum_gx = 0.f;
+  for (int64_t j = lane; j < vecs; j += 32) {
+    float v[8], d[8], w[8];
+    Octet<T>{sr[j]}.ToFloat(v);
+    Octet<T>{dr[j]}.ToFloat(d);
+    Octet<T>{wr[j]}.ToFloat(w);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const float g = d[k] * w[k];
+      sum_g += g;
+      sum_gx += g * (v[k] - st.x) * st.y;
+    }
+  }
+  for (int off = 16; off > 0; off /= 2) {
+    sum_g += __shfl_xor_sync(0xffffffff, sum_g, off);
+    sum_gx += __shfl_xor_sync(0xffffffff, sum_gx, off);
+  }
+  const float a = sum_g / static_cast<float>(dim);
+  const float c = sum_gx / static_cast<float>(dim);
+  const uint4* pr = dsum != nullptr
+                        ? reinterpret_cast<const uint4*>(dsum + row * dim)
+                        : nullptr;
+  uint4* out = reinterpret_cast<uint4*>(dx + row * dim);
+  for (int64_t j = lane; j < vecs; j += 32) {
+    float v[8], d[8], w[8], p[8] = {0, 0, 0, 0, 0, 0, 0, 0}, r[8];
+    Octet<T>{sr[j]}.ToFloat(v);
+    Octet<T>{dr[j]}.ToFloat(d);
+    Octet<T>{wr[j]}.ToFloat(w);
+    if (pr != nullptr) Octet<T>{pr[j]}.ToFloat(p);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const float xhat = (v[k] - st.x) * st.y;
+      r[k] = st.y * (d[k] * w[k] - a - xhat * c) + p[k];
+    }
+    Octet<T> o;
+    o.FromFloat(r);
+    out[j] = o.raw;
+  }
+}
+
+// dweight = Σ_rows dy·x̂ and dbias = Σ_rows dy, first per (row split,
+// column tile) as ColumnSumPartialsKernel. partials: float [splits, 2, cols].
+template <typename T>
+__global__ void LayerNormParamsPartialsKernel(const T* __restrict__ s,
+                                              const T* __restrict__ dy,
+                                              const float2* __restrict__ stats,
+                                              int64_t rows, int64_t cols,
+                                              int64_t rows_per_split,
+                                              float* __restrict__ partials) {
+  __shared__ float shared[8][2][256];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t octets = cols / 8;
+  const int64_t octet = blockIdx.x * int64_t{32} + lane;
+  const int64_t row_begin = blockIdx.y * rows_per_split;
+  const int64_t row_end = min(rows, row_begin + rows_per_split);
+  float dw[8] = {0, 0, 0, 0, 0, 0, 0, 0}, db[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  if (octet < octets) {
+    const auto* sv = reinterpret_cast<const uint4*>(s);
+    const auto* dv = reinterpret_cast<const uint4*>(dy);
+    for (int64_t r = row_begin + warp; r < row_end; r += 8) {
+      const float2 st = stats[r];
+      float v[8], d[8];
+      Octet<T>{sv[r * octets + octet]}.ToFloat(v);
+      Octet<T>{dv[r * octets + octet]}.ToFloat(d);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        dw[k] += d[k] * (v[k] - st.x) * st.y;
+        db[k] += d[k];
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    shared[warp][0][lane * 8 + k] = dw[k];
+    shared[warp][1][lane * 8 + k] = db[k];
+  }
+  __syncthreads();
+  const int64_t col = blockIdx.x * int64_t{256} + threadIdx.x;
+  if (col < cols) {
+    float tw = 0.f, tb = 0.f;
+#pragma unroll
+    for (int w = 0; w < 8; ++w) {
+      tw += shared[w][0][threadIdx.x];
+      tb += shared[w][1][threadIdx.x];
+    }
+    partials[(blockIdx.y * 2) * cols + col] = tw;
+    partials[(blockIdx.y * 2 + 1) * cols + col] = tb;
+  }
+}
+
+template <typename T>
+__global__ void LayerNormParamsFinishKernel(const float* __restrict__ partials,
+                                            int64_t splits, int64_t cols,
+                                            T* __restrict__ dweight,
+                                            T* __restrict__ dbias) {
+  const int64_t col = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (col >= cols) return;
+  float tw = 0.f, tb = 0.f;
+  for (int64_t s = 0; s < splits; ++s) {
+    tw += partials[(s * 2) * cols + col];
+    tb += partials[(s * 2 + 1) * cols + col];
+  }
+  dweight[col] = static_cast<T>(tw);
+  dbias[col] = static_cast<T>(tb);
+}
+
 // One warp per row; each lane holds up to kVecs 8-element vectors in
 // registers, so the row is read once and the variance is exact two-pass.
 template <typename T, int kVecs>
@@ -461,7 +634,8 @@ __global__ void AddLayerNormKernel(const T* __restrict__ x,
                                    const T* __restrict__ weight,
                                    const T* __restrict__ bias,
                                    T* __restrict__ sum_out, T* __restrict__ y,
-                                   int64_t rows, int64_t dim, float eps) {
+                                   float2* __restrict__ stats, int64_t rows,
+                                   int64_t dim, float eps) {
   const int lane = threadIdx.x % 32;
   const int64_t row = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32;
   if (row >= rows) return;
@@ -504,6 +678,7 @@ __global__ void AddLayerNormKernel(const T* __restrict__ x,
   for (int off = 16; off > 0; off /= 2)
     sq += __shfl_xor_sync(0xffffffff, sq, off);
   const float rstd = rsqrtf(sq / static_cast<float>(dim) + eps);
+  if (stats != nullptr && lane == 0) stats[row] = make_float2(mean, rstd);
   const uint4* wr = reinterpret_cast<const uint4*>(weight);
   const uint4* br = reinterpret_cast<const uint4*>(bias);
 #pragma unroll
@@ -525,15 +700,16 @@ __global__ void AddLayerNormKernel(const T* __restrict__ x,
 template <typename T, int kVecs>
 cudaError_t AddLayerNormTyped(const void* x, const void* residual,
                               const void* weight, const void* bias, void* sum,
-                              void* y, int64_t rows, int64_t dim, float eps,
-                              cudaStream_t stream) {
+                              void* y, void* stats, int64_t rows, int64_t dim,
+                              float eps, cudaStream_t stream) {
   constexpr int kRowsPerBlock = 8;  // 8 warps
   const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
   AddLayerNormKernel<T, kVecs>
       <<<static_cast<unsigned>(blocks), 32 * kRowsPerBlock, 0, stream>>>(
           static_cast<const T*>(x), static_cast<const T*>(residual),
           static_cast<const T*>(weight), static_cast<const T*>(bias),
-          static_cast<T*>(sum), static_cast<T*>(y), rows, dim, eps);
+          static_cast<T*>(sum), static_cast<T*>(y), static_cast<float2*>(stats),
+          rows, dim, eps);
   return cudaGetLastError();
 }
 
@@ -637,29 +813,26 @@ cudaError_t LaunchAddLayerNorm(ElementType type, const void* x,
                                const void* residual, const void* weight,
                                const void* bias, void* sum, void* y,
                                int64_t rows, int64_t dim, float eps,
-                               cudaStream_t stream) {
+                               cudaStream_t stream, void* stats) {
   if (dim % 8 != 0 || dim > kMaxLayerNormDim) return cudaErrorInvalidValue;
   // Registers per lane: ceil(dim / 8 / 32) vectors of 8 16-bit elements.
   const int64_t vecs_per_lane = (dim / 8 + 31) / 32;
+  auto launch = [&](auto typed) {
+    using T = decltype(typed);
+    if (vecs_per_lane <= 2)
+      return AddLayerNormTyped<T, 2>(x, residual, weight, bias, sum, y, stats,
+                                     rows, dim, eps, stream);
+    if (vecs_per_lane <= 4)
+      return AddLayerNormTyped<T, 4>(x, residual, weight, bias, sum, y, stats,
+                                     rows, dim, eps, stream);
+    return AddLayerNormTyped<T, 8>(x, residual, weight, bias, sum, y, stats,
+                                   rows, dim, eps, stream);
+  };
   switch (type) {
     case ElementType::kBFloat16:
-      if (vecs_per_lane <= 2)
-        return AddLayerNormTyped<__nv_bfloat16, 2>(
-            x, residual, weight, bias, sum, y, rows, dim, eps, stream);
-      if (vecs_per_lane <= 4)
-        return AddLayerNormTyped<__nv_bfloat16, 4>(
-            x, residual, weight, bias, sum, y, rows, dim, eps, stream);
-      return AddLayerNormTyped<__nv_bfloat16, 8>(x, residual, weight, bias, sum,
-                                                 y, rows, dim, eps, stream);
+      return launch(__nv_bfloat16{});
     case ElementType::kFloat16:
-      if (vecs_per_lane <= 2)
-        return AddLayerNormTyped<__half, 2>(x, residual, weight, bias, sum, y,
-                                            rows, dim, eps, stream);
-      if (vecs_per_lane <= 4)
-        return AddLayerNormTyped<__half, 4>(x, residual, weight, bias, sum, y,
-                                            rows, dim, eps, stream);
-      return AddLayerNormTyped<__half, 8>(x, residual, weight, bias, sum, y,
-                                          rows, dim, eps, stream);
+      return launch(__half{});
     case ElementType::kFloat32:
       return cudaErrorInvalidValue;
   }
@@ -795,6 +968,82 @@ cudaError_t LaunchGegluBackward(ElementType type, const void* x, const void* dy,
       break;
   }
   return cudaGetLastError();
+}
+
+int64_t ColumnSumSplits(int64_t rows, int64_t cols) {
+  const int64_t tiles = (cols + 255) / 256;
+  return std::max<int64_t>(
+      1, std::min<int64_t>((rows + 63) / 64, (528 + tiles - 1) / tiles));
+}
+
+size_t ColumnSumWorkspaceBytes(int64_t rows, int64_t cols) {
+  return static_cast<size_t>(ColumnSumSplits(rows, cols) * cols) *
+         sizeof(float);
+}
+
+cudaError_t LaunchColumnSum(ElementType type, const void* x, void* out,
+                            int64_t rows, int64_t cols, void* workspace,
+                            cudaStream_t stream) {
+  if (type == ElementType::kFloat32 || !Vectorizable(cols, {x})) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t splits = ColumnSumSplits(rows, cols);
+  const int64_t rows_per_split = (rows + splits - 1) / splits;
+  const dim3 grid(static_cast<unsigned>((cols + 255) / 256),
+                  static_cast<unsigned>(splits));
+  float* partials = static_cast<float*>(workspace);
+  const unsigned finish = static_cast<unsigned>((cols + 255) / 256);
+  if (type == ElementType::kBFloat16) {
+    ColumnSumPartialsKernel<__nv_bfloat16>
+        <<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), rows,
+                                   cols, rows_per_split, partials);
+    ColumnSumFinishKernel<__nv_bfloat16><<<finish, 256, 0, stream>>>(
+        partials, splits, cols, static_cast<__nv_bfloat16*>(out));
+  } else {
+    ColumnSumPartialsKernel<__half><<<grid, 256, 0, stream>>>(
+        static_cast<const __half*>(x), rows, cols, rows_per_split, partials);
+    ColumnSumFinishKernel<__half><<<finish, 256, 0, stream>>>(
+        partials, splits, cols, static_cast<__half*>(out));
+  }
+  return cudaGetLastError();
+}
+
+size_t LayerNormBackwardWorkspaceBytes(int64_t rows, int64_t dim) {
+  return 2 * ColumnSumWorkspaceBytes(rows, dim);
+}
+
+cudaError_t LaunchLayerNormBackward(ElementType type, const void* s,
+                                    const void* dy, const void* dsum,
+                                    const void* weight, const void* stats,
+                                    void* dx, void* dweight, void* dbias,
+                                    int64_t rows, int64_t dim, void* workspace,
+                                    cudaStream_t stream) {
+  if (type == ElementType::kFloat32 || !Vectorizable(dim, {s, dy, dx})) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t splits = ColumnSumSplits(rows, dim);
+  const int64_t rows_per_split = (rows + splits - 1) / splits;
+  const dim3 grid(static_cast<unsigned>((dim + 255) / 256),
+                  static_cast<unsigned>(splits));
+  const unsigned row_blocks = static_cast<unsigned>((rows + 7) / 8);
+  const unsigned finish = static_cast<unsigned>((dim + 255) / 256);
+  float* partials = static_cast<float*>(workspace);
+  auto launch = [&](auto typed) {
+    using T = decltype(typed);
+    LayerNormBackwardInputKernel<T><<<row_blocks, 256, 0, stream>>>(
+        static_cast<const T*>(s), static_cast<const T*>(dy),
+        static_cast<const T*>(dsum), static_cast<const T*>(weight),
+        static_cast<const float2*>(stats), static_cast<T*>(dx), rows, dim);
+    LayerNormParamsPartialsKernel<T><<<grid, 256, 0, stream>>>(
+        static_cast<const T*>(s), static_cast<const T*>(dy),
+        static_cast<const float2*>(stats), rows, dim, rows_per_split, partials);
+    LayerNormParamsFinishKernel<T><<<finish, 256, 0, stream>>>(
+        partials, splits, dim, static_cast<T*>(dweight),
+        static_cast<T*>(dbias));
+    return cudaGetLastError();
+  };
+  if (type == ElementType::kBFloat16) return launch(__nv_bfloat16{});
+  return launch(__half{});
 }
 
 }  // namespace lpd::engine::cuda

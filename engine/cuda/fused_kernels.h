@@ -49,16 +49,40 @@ cudaError_t LaunchGegluBackward(ElementType type, const void* x, const void* dy,
                                 void* dx, int64_t rows, int64_t n,
                                 cudaStream_t stream);
 
+// out[c] = Σ_r x[r, c] for a row-major [rows, cols] 16-bit matrix (bf16,
+// fp16), summed in float: the bias gradient of a linear layer. cols must be
+// a multiple of 8 and x 16-byte aligned (cudaErrorInvalidValue otherwise);
+// `workspace` needs ColumnSumWorkspaceBytes.
+size_t ColumnSumWorkspaceBytes(int64_t rows, int64_t cols);
+cudaError_t LaunchColumnSum(ElementType type, const void* x, void* out,
+                            int64_t rows, int64_t cols, void* workspace,
+                            cudaStream_t stream);
+
 // Layer normalization over the last dimension of [rows, dim] with an optional
 // residual: s = x + residual (written to `sum` when residual is given),
 // y = (s − mean) · rstd · weight + bias. 16-bit types only (bf16, fp16);
-// dim must be a multiple of 8 and at most kMaxLayerNormDim.
+// dim must be a multiple of 8 and at most kMaxLayerNormDim. When `stats`
+// (float [rows, 2]) is given, each row's mean and rstd go there.
 inline constexpr int64_t kMaxLayerNormDim = 2048;
 cudaError_t LaunchAddLayerNorm(ElementType type, const void* x,
                                const void* residual, const void* weight,
                                const void* bias, void* sum, void* y,
                                int64_t rows, int64_t dim, float eps,
-                               cudaStream_t stream);
+                               cudaStream_t stream, void* stats = nullptr);
+
+// Backward of LaunchAddLayerNorm from s (its sum, or x without a residual),
+// its stats and dy (the gradient of y); dsum (the gradient of the sum
+// output, may be null) is added to dx, which is then the gradient of both x
+// and the residual. Writes dx and the weight and bias gradients (sums in
+// float). 16-bit types, dim a multiple of 8, 16-byte aligned rows;
+// `workspace` needs LayerNormBackwardWorkspaceBytes.
+size_t LayerNormBackwardWorkspaceBytes(int64_t rows, int64_t dim);
+cudaError_t LaunchLayerNormBackward(ElementType type, const void* s,
+                                    const void* dy, const void* dsum,
+                                    const void* weight, const void* stats,
+                                    void* dx, void* dweight, void* dbias,
+                                    int64_t rows, int64_t dim, void* workspace,
+                                    cudaStream_t stream);
 
 }  // namespace lpd::engine::cuda
 

@@ -428,6 +428,7 @@ bool LayerNormKernelTakes(const torch::Tensor& x, const torch::Tensor& residual,
   const int64_t dim = x.size(-1);
   return KernelTakes(x) && x.scalar_type() != torch::kFloat32 && dim % 8 == 0 &&
          dim <= cuda::kMaxLayerNormDim && x.is_contiguous() &&
+         Aligned16({&x, &residual, &weight, &bias}) &&
          weight.scalar_type() == x.scalar_type() &&
          bias.scalar_type() == x.scalar_type() &&
          (!residual.defined() ||

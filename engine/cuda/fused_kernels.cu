@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 #include "engine/cuda/fused_kernels.h"
 
@@ -626,6 +627,250 @@ __global__ void LayerNormParamsFinishKernel(const float* __restrict__ partials,
   dbias[col] = static_cast<T>(tb);
 }
 
+// GroupNormApplyKernel with eight channels per thread (16-byte loads and
+// stores; channels a multiple of 8, aligned data, any group size).
+template <typename T>
+__global__ void GroupNormApplyVecKernel(
+    const T* __restrict__ x, const T* __restrict__ add,
+    const T* __restrict__ weight, const T* __restrict__ bias,
+    const float2* __restrict__ stats, T* __restrict__ y, int64_t hw,
+    int64_t channels, int64_t groups, bool silu, int64_t total_octets) {
+  const int64_t octets = channels / 8;
+  const int64_t group_size = channels / groups;
+  const auto* xv = reinterpret_cast<const uint4*>(x);
+  const auto* av = reinterpret_cast<const uint4*>(add);
+  const auto* wv = reinterpret_cast<const uint4*>(weight);
+  const auto* bv = reinterpret_cast<const uint4*>(bias);
+  auto* yv = reinterpret_cast<uint4*>(y);
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+       i < total_octets; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t o = i % octets;
+    const int64_t b = i / (octets * hw);
+    float v[8], w[8], c[8], a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, out[8];
+    Octet<T>{xv[i]}.ToFloat(v);
+    if (av != nullptr) Octet<T>{av[b * octets + o]}.ToFloat(a);
+    Octet<T>{wv[o]}.ToFloat(w);
+    Octet<T>{bv[o]}.ToFloat(c);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const float2 st = stats[b * groups + (8 * o + k) / group_size];
+      out[k] = (v[k] + a[k] - st.x) * st.y * w[k] + c[k];
+      if (silu) out[k] = Silu(out[k]);
+    }
+    Octet<T> r;
+    r.FromFloat(out);
+    yv[i] = r.raw;
+  }
+}
+
+// GroupNormBackwardInputKernel with eight channels per thread.
+template <typename T>
+__global__ void GroupNormBackwardInputVecKernel(
+    const T* __restrict__ x, const T* __restrict__ add,
+    const T* __restrict__ weight, const T* __restrict__ bias,
+    const float2* __restrict__ stats, const float2* __restrict__ coefficients,
+    const T* __restrict__ dy, T* __restrict__ dx, int64_t hw, int64_t channels,
+    int64_t groups, bool silu, int64_t total_octets) {
+  const int64_t octets = channels / 8;
+  const int64_t group_size = channels / groups;
+  const auto* xv = reinterpret_cast<const uint4*>(x);
+  const auto* av = reinterpret_cast<const uint4*>(add);
+  const auto* wv = reinterpret_cast<const uint4*>(weight);
+  const auto* bv = reinterpret_cast<const uint4*>(bias);
+  const auto* dv = reinterpret_cast<const uint4*>(dy);
+  auto* out = reinterpret_cast<uint4*>(dx);
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+       i < total_octets; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t o = i % octets;
+    const int64_t b = i / (octets * hw);
+    float v[8], w[8], c[8], g[8], a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, r[8];
+    Octet<T>{xv[i]}.ToFloat(v);
+    if (av != nullptr) Octet<T>{av[b * octets + o]}.ToFloat(a);
+    Octet<T>{wv[o]}.ToFloat(w);
+    Octet<T>{bv[o]}.ToFloat(c);
+    Octet<T>{dv[i]}.ToFloat(g);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const int64_t bg = b * groups + (8 * o + k) / group_size;
+      const float2 st = stats[bg], coef = coefficients[bg];
+      const float xhat = (v[k] + a[k] - st.x) * st.y;
+      float dz = g[k];
+      if (silu) {
+        const float z = xhat * w[k] + c[k];
+        const float sig = 1.f / (1.f + __expf(-z));
+        dz *= sig * (1.f + z * (1.f - sig));
+      }
+      r[k] = st.y * (dz * w[k] - coef.x - xhat * coef.y);
+    }
+    Octet<T> o8;
+    o8.FromFloat(r);
+    out[i] = o8.raw;
+  }
+}
+
+// GroupNormBackwardPartialsKernel for channels a multiple of 8 with more
+// parallelism: a block takes a tile of 256 channels (eight per lane) of one
+// (batch, split), its 8 warps every 8th row, and the warps' sums meet in
+// shared memory. Same partials layout.
+template <typename T>
+__global__ void GroupNormBackwardPartialsVecKernel(
+    const T* __restrict__ x, const T* __restrict__ add,
+    const T* __restrict__ weight, const T* __restrict__ bias,
+    const float2* __restrict__ stats, const T* __restrict__ dy, int64_t hw,
+    int64_t channels, int64_t groups, bool silu, int64_t rows_per_split,
+    float* __restrict__ partials) {
+  __shared__ float shared[8][3][256];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t s = blockIdx.x, b = blockIdx.y, splits = gridDim.x;
+  const int64_t octets = channels / 8;
+  const int64_t o = blockIdx.z * int64_t{32} + lane;
+  const int64_t group_size = channels / groups;
+  const int64_t row_begin = s * rows_per_split;
+  const int64_t row_end = min(hw, row_begin + rows_per_split);
+  float sv[8] = {0, 0, 0, 0, 0, 0, 0, 0}, sdz[8] = {0, 0, 0, 0, 0, 0, 0, 0},
+        sdzx[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  if (o < octets) {
+    const auto* xv = reinterpret_cast<const uint4*>(x + b * hw * channels);
+    const auto* dv = reinterpret_cast<const uint4*>(dy + b * hw * channels);
+    float w[8], c[8], a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    float2 st[8];
+    Octet<T>{reinterpret_cast<const uint4*>(weight)[o]}.ToFloat(w);
+    Octet<T>{reinterpret_cast<const uint4*>(bias)[o]}.ToFloat(c);
+    if (add != nullptr) {
+      Octet<T>{reinterpret_cast<const uint4*>(add)[b * octets + o]}.ToFloat(a);
+    }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      st[k] = stats[b * groups + (8 * o + k) / group_size];
+    }
+    for (int64_t r = row_begin + warp; r < row_end; r += 8) {
+      float v[8], g[8];
+      Octet<T>{xv[r * octets + o]}.ToFloat(v);
+      Octet<T>{dv[r * octets + o]}.ToFloat(g);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const float val = v[k] + a[k];
+        const float xhat = (val - st[k].x) * st[k].y;
+        float dz = g[k];
+        if (silu) {
+          const float z = xhat * w[k] + c[k];
+          const float sig = 1.f / (1.f + __expf(-z));
+          dz *= sig * (1.f + z * (1.f - sig));
+        }
+        sv[k] += val;
+        sdz[k] += dz;
+        sdzx[k] += dz * xhat;
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    shared[warp][0][lane * 8 + k] = sv[k];
+    shared[warp][1][lane * 8 + k] = sdz[k];
+    shared[warp][2][lane * 8 + k] = sdzx[k];
+  }
+  __syncthreads();
+  const int64_t ch = blockIdx.z * int64_t{256} + threadIdx.x;
+  if (ch < channels) {
+    float t[3] = {0.f, 0.f, 0.f};
+#pragma unroll
+    for (int w = 0; w < 8; ++w) {
+      t[0] += shared[w][0][threadIdx.x];
+      t[1] += shared[w][1][threadIdx.x];
+      t[2] += shared[w][2][threadIdx.x];
+    }
+    float* out = partials + ((b * splits + s) * channels + ch) * 3;
+    out[0] = t[0], out[1] = t[1], out[2] = t[2];
+  }
+}
+
+// GroupNormStatsKernel for channels a multiple of 8: a block takes a tile
+// of 256 channels (eight per lane) of one (batch, split), its 8 warps every
+// 8th row; per channel Σv and Σv² (float) go to partials [B, splits, C, 2].
+template <typename T>
+__global__ void GroupNormStatsVecKernel(const T* __restrict__ x,
+                                        const T* __restrict__ add, int64_t hw,
+                                        int64_t channels,
+                                        int64_t rows_per_split,
+                                        float* __restrict__ partials) {
+  __shared__ float shared[8][2][256];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t s = blockIdx.x, b = blockIdx.y, splits = gridDim.x;
+  const int64_t octets = channels / 8;
+  const int64_t o = blockIdx.z * int64_t{32} + lane;
+  const int64_t row_begin = s * rows_per_split;
+  const int64_t row_end = min(hw, row_begin + rows_per_split);
+  float sum[8] = {0, 0, 0, 0, 0, 0, 0, 0}, sq[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  if (o < octets) {
+    const auto* xv = reinterpret_cast<const uint4*>(x + b * hw * channels);
+    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (add != nullptr) {
+      Octet<T>{reinterpret_cast<const uint4*>(add)[b * octets + o]}.ToFloat(a);
+    }
+    for (int64_t r = row_begin + warp; r < row_end; r += 8) {
+      float v[8];
+      Octet<T>{xv[r * octets + o]}.ToFloat(v);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const float val = v[k] + a[k];
+        sum[k] += val;
+        sq[k] += val * val;
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    shared[warp][0][lane * 8 + k] = sum[k];
+    shared[warp][1][lane * 8 + k] = sq[k];
+  }
+  __syncthreads();
+  const int64_t ch = blockIdx.z * int64_t{256} + threadIdx.x;
+  if (ch < channels) {
+    float t0 = 0.f, t1 = 0.f;
+#pragma unroll
+    for (int w = 0; w < 8; ++w) {
+      t0 += shared[w][0][threadIdx.x];
+      t1 += shared[w][1][threadIdx.x];
+    }
+    float* out = partials + ((b * splits + s) * channels + ch) * 2;
+    out[0] = t0;
+    out[1] = t1;
+  }
+}
+
+// mean and rstd of one (batch, group) per block from GroupNormStatsVecKernel's
+// partials, summed in double.
+__global__ void GroupNormStatsVecFinalizeKernel(
+    const float* __restrict__ partials, int64_t splits, int64_t channels,
+    int64_t groups, double count, float eps, float2* __restrict__ stats) {
+  __shared__ double shared[2][256];
+  const int64_t bg = blockIdx.x, b = bg / groups, g = bg % groups;
+  const int64_t group_size = channels / groups;
+  double sum = 0, sq = 0;
+  for (int64_t i = threadIdx.x; i < group_size * splits; i += blockDim.x) {
+    const int64_t c = g * group_size + i % group_size, s = i / group_size;
+    const float* p = partials + ((b * splits + s) * channels + c) * 2;
+    sum += p[0];
+    sq += p[1];
+  }
+  shared[0][threadIdx.x] = sum;
+  shared[1][threadIdx.x] = sq;
+  __syncthreads();
+  for (int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) {
+      shared[0][threadIdx.x] += shared[0][threadIdx.x + half];
+      shared[1][threadIdx.x] += shared[1][threadIdx.x + half];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    const double mean = shared[0][0] / count;
+    const double var = max(shared[1][0] / count - mean * mean, 0.0);
+    stats[bg] = make_float2(static_cast<float>(mean),
+                            static_cast<float>(rsqrt(var + eps)));
+  }
+}
+
 // One warp per row; each lane holds up to kVecs 8-element vectors in
 // registers, so the row is read once and the variance is exact two-pass.
 template <typename T, int kVecs>
@@ -742,16 +987,45 @@ cudaError_t GroupNormTyped(const void* x, const void* add, const void* weight,
       stats_out != nullptr
           ? static_cast<float2*>(stats_out)
           : reinterpret_cast<float2*>(partials + batch * 264 * groups * 2);
-  GroupNormStatsKernel<T>
-      <<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(batch)),
-         kThreads, 2 * groups * sizeof(double), stream>>>(
-          static_cast<const T*>(x), static_cast<const T*>(add), hw, channels,
-          groups, rows_per_split, partials);
   const int64_t bg = batch * groups;
-  GroupNormFinalizeKernel<<<static_cast<unsigned>((bg + 127) / 128), 128, 0,
-                            stream>>>(
-      partials, batch, splits, groups,
-      static_cast<double>(hw) * (channels / groups), eps, stats);
+  const double count = static_cast<double>(hw) * (channels / groups);
+  if (!std::is_same_v<T, float> && 264 * groups * 2 >= channels &&
+      Vectorizable(channels, {x, add})) {
+    // Float partials per (batch, split, channel), as many as fit where the
+    // double ones would go.
+    const int64_t tiles = (channels + 255) / 256;
+    const int64_t vec_splits = std::max<int64_t>(
+        1, std::min({hw, 264 * groups * 2 / channels,
+                     (528 + batch * tiles - 1) / (batch * tiles)}));
+    const int64_t vec_rows = (hw + vec_splits - 1) / vec_splits;
+    float* vec_partials = static_cast<float*>(workspace);
+    GroupNormStatsVecKernel<T>
+        <<<dim3(static_cast<unsigned>(vec_splits), static_cast<unsigned>(batch),
+                static_cast<unsigned>(tiles)),
+           256, 0, stream>>>(static_cast<const T*>(x),
+                             static_cast<const T*>(add), hw, channels, vec_rows,
+                             vec_partials);
+    GroupNormStatsVecFinalizeKernel<<<static_cast<unsigned>(bg), 256, 0,
+                                      stream>>>(
+        vec_partials, vec_splits, channels, groups, count, eps, stats);
+  } else {
+    GroupNormStatsKernel<T>
+        <<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(batch)),
+           kThreads, 2 * groups * sizeof(double), stream>>>(
+            static_cast<const T*>(x), static_cast<const T*>(add), hw, channels,
+            groups, rows_per_split, partials);
+    GroupNormFinalizeKernel<<<static_cast<unsigned>((bg + 127) / 128), 128, 0,
+                              stream>>>(partials, batch, splits, groups, count,
+                                        eps, stats);
+  }
+  if (!std::is_same_v<T, float> && Vectorizable(channels, {x, add, y})) {
+    const int64_t total_octets = batch * hw * channels / 8;
+    GroupNormApplyVecKernel<T><<<GridFor(total_octets), kThreads, 0, stream>>>(
+        static_cast<const T*>(x), static_cast<const T*>(add),
+        static_cast<const T*>(weight), static_cast<const T*>(bias), stats,
+        static_cast<T*>(y), hw, channels, groups, silu, total_octets);
+    return cudaGetLastError();
+  }
   const int64_t total_pairs = batch * hw * channels / 2;
   GroupNormApplyKernel<T><<<GridFor(total_pairs), kThreads, 0, stream>>>(
       static_cast<const T*>(x), static_cast<const T*>(add),
@@ -778,13 +1052,26 @@ cudaError_t GroupNormBackwardTyped(const void* x, const void* add,
   float* sums = partials + batch * splits * channels * 3;
   float2* coefficients = reinterpret_cast<float2*>(sums + batch * channels * 3);
   const auto* st = static_cast<const float2*>(stats);
-  GroupNormBackwardPartialsKernel<T>
-      <<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(batch)),
-         kThreads, 0, stream>>>(
-          static_cast<const T*>(x), static_cast<const T*>(add),
-          static_cast<const T*>(weight), static_cast<const T*>(bias), st,
-          static_cast<const T*>(dy), hw, channels, groups, silu, rows_per_split,
-          partials);
+  const bool vec = !std::is_same_v<T, float> &&
+                   Vectorizable(channels, {x, add, dy, dx, weight, bias});
+  if (vec) {
+    GroupNormBackwardPartialsVecKernel<T>
+        <<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(batch),
+                static_cast<unsigned>((channels + 255) / 256)),
+           256, 0, stream>>>(
+            static_cast<const T*>(x), static_cast<const T*>(add),
+            static_cast<const T*>(weight), static_cast<const T*>(bias), st,
+            static_cast<const T*>(dy), hw, channels, groups, silu,
+            rows_per_split, partials);
+  } else {
+    GroupNormBackwardPartialsKernel<T>
+        <<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(batch)),
+           kThreads, 0, stream>>>(
+            static_cast<const T*>(x), static_cast<const T*>(add),
+            static_cast<const T*>(weight), static_cast<const T*>(bias), st,
+            static_cast<const T*>(dy), hw, channels, groups, silu,
+            rows_per_split, partials);
+  }
   const int64_t bc = batch * channels, bg = batch * groups;
   GroupNormBackwardSumSplitsKernel<<<static_cast<unsigned>((bc + 255) / 256),
                                      256, 0, stream>>>(partials, batch, splits,
@@ -797,6 +1084,16 @@ cudaError_t GroupNormBackwardTyped(const void* x, const void* add,
       <<<static_cast<unsigned>((channels + 127) / 128), 128, 0, stream>>>(
           sums, batch, channels, static_cast<T*>(dweight),
           static_cast<T*>(dbias));
+  if (vec) {
+    const int64_t total_octets = batch * hw * channels / 8;
+    GroupNormBackwardInputVecKernel<T>
+        <<<GridFor(total_octets), kThreads, 0, stream>>>(
+            static_cast<const T*>(x), static_cast<const T*>(add),
+            static_cast<const T*>(weight), static_cast<const T*>(bias), st,
+            coefficients, static_cast<const T*>(dy), static_cast<T*>(dx), hw,
+            channels, groups, silu, total_octets);
+    return cudaGetLastError();
+  }
   const int64_t total_pairs = batch * hw * channels / 2;
   GroupNormBackwardInputKernel<T>
       <<<GridFor(total_pairs), kThreads, 0, stream>>>(

@@ -136,7 +136,7 @@ EOF
       --check-kernels $prof 2>&1 | grep -v Warning | tee "$out/distill-sd15.txt"
     has ab && build-gpu/bench/distill_step --case sd15 --steps 10 \
       --cuda-graph off 2>&1 | grep -v Warning | tail -2
-    has sdxl && build-gpu/bench/distill_step --case sdxl --steps 6 $prof 2>&1 |
+    has sdxl && build-gpu/bench/distill_step --case sdxl --steps 10 $prof 2>&1 |
       grep -v Warning | tee "$out/distill-sdxl.txt"
     has sdxl-pruned && build-gpu/bench/distill_step --case sdxl-pruned \
       --steps 6 2>&1 | grep -v Warning | tee "$out/distill-sdxl-pruned.txt"

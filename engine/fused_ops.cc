@@ -577,6 +577,67 @@ class AddLayerNormFunction
   }
 };
 
+// `parts` stacked by rows as a view of their common buffer, or an undefined
+// tensor when they do not lie side by side in one.
+torch::Tensor StackedView(const std::vector<torch::Tensor>& parts) {
+  const torch::Tensor& first = parts.front();
+  const int64_t cols = first.size(1);
+  int64_t rows = 0;
+  for (const torch::Tensor& part : parts) {
+    if (!part.is_contiguous() || part.dim() != 2 || part.size(1) != cols ||
+        part.scalar_type() != first.scalar_type() ||
+        part.storage().unsafeGetStorageImpl() !=
+            first.storage().unsafeGetStorageImpl() ||
+        part.storage_offset() != first.storage_offset() + rows * cols) {
+      return {};
+    }
+    rows += part.size(0);
+  }
+  return first.as_strided({rows, cols}, {cols, 1}, first.storage_offset());
+}
+
+// The autograd node of LinearOfStacked over packed weights (two or three;
+// an empty third stands for none).
+class StackedLinearFunction
+    : public torch::autograd::Function<StackedLinearFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& w0, const torch::Tensor& w1,
+                               const torch::Tensor& w2) {
+    ctx->save_for_backward({x, w0, w1, w2});
+    return at::linear(x, StackedView(Weights(w0, w1, w2)));
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor& x = saved[0];
+    const std::vector<torch::Tensor> weights =
+        Weights(saved[1], saved[2], saved[3]);
+    const torch::Tensor stacked = StackedView(weights);
+    const torch::Tensor dy = grads[0].reshape({-1, stacked.size(0)});
+    torch::Tensor dx;
+    if (ctx->needs_input_grad(0)) dx = dy.mm(stacked).view(x.sizes());
+    variable_list result = {dx, {}, {}, {}};
+    if (ctx->needs_input_grad(1) || ctx->needs_input_grad(2) ||
+        ctx->needs_input_grad(3)) {
+      const torch::Tensor dw = dy.t().mm(x.reshape({-1, stacked.size(1)}));
+      int64_t row = 0;
+      for (size_t i = 0; i < weights.size(); ++i) {
+        result[i + 1] = dw.narrow(0, row, weights[i].size(0));
+        row += weights[i].size(0);
+      }
+    }
+    return result;
+  }
+
+  static std::vector<torch::Tensor> Weights(const torch::Tensor& w0,
+                                            const torch::Tensor& w1,
+                                            const torch::Tensor& w2) {
+    if (w2.numel() == 0) return {w0, w1};
+    return {w0, w1, w2};
+  }
+};
+
 }  // namespace
 
 bool HasFusedCudaKernels() {
@@ -664,6 +725,21 @@ torch::Tensor LinearOp(const torch::Tensor& x, const torch::Tensor& weight,
     }
   }
   return at::linear(x, weight, bias);
+}
+
+torch::Tensor LinearOfStacked(const torch::Tensor& x,
+                              const std::vector<torch::Tensor>& weights) {
+  const torch::Tensor stacked = StackedView(weights);
+  if (stacked.defined()) {
+    if (!torch::GradMode::is_enabled()) return at::linear(x, stacked);
+    if (fused_training_enabled.load(std::memory_order_relaxed) &&
+        (weights.size() == 2 || weights.size() == 3)) {
+      return StackedLinearFunction::apply(
+          x, weights[0], weights[1],
+          weights.size() == 3 ? weights[2] : torch::empty({0}, x.options()));
+    }
+  }
+  return at::linear(x, at::cat(weights));
 }
 
 }  // namespace lpd::engine

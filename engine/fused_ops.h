@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 namespace lpd::engine {
 
@@ -35,6 +36,14 @@ torch::Tensor Geglu(const torch::Tensor& x);
 // instead of LibTorch's generic reduction.
 torch::Tensor LinearOp(const torch::Tensor& x, const torch::Tensor& weight,
                        const torch::Tensor& bias);
+
+// x · [w_0; w_1; …]ᵀ: one GEMM with the weights stacked by rows. When they
+// lie side by side in one buffer (AttentionImpl packs its projections so),
+// the stack is a view: no concatenation forward, and backward computes the
+// stacked weight gradient in one GEMM and hands each weight its rows.
+// Otherwise the weights are concatenated.
+torch::Tensor LinearOfStacked(const torch::Tensor& x,
+                              const std::vector<torch::Tensor>& weights);
 
 // Whether the CUDA kernels are compiled into this build.
 bool HasFusedCudaKernels();

@@ -251,5 +251,43 @@ TEST_F(FusedAutogradTest, AddLayerNormNodeGradientsEqualAutograds) {
   }
 }
 
+// Packed weights (slices of one buffer, as AttentionImpl holds them) are
+// multiplied as one view, and each gets its rows of the stacked gradient.
+TEST(LinearOfStackedTest, PackedWeightsGetTheGradientsOfTheirConcatenation) {
+  torch::manual_seed(12);
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  for (int parts : {2, 3}) {
+    SCOPED_TRACE(parts);
+    torch::Tensor buffer = torch::randn({parts * 6, 8}, f64);
+    std::vector<torch::Tensor> packed, separate;
+    for (int i = 0; i < parts; ++i) {
+      packed.push_back(buffer.narrow(0, 6 * i, 6).set_requires_grad(true));
+      separate.push_back(
+          buffer.narrow(0, 6 * i, 6).clone().set_requires_grad(true));
+    }
+    torch::Tensor x = torch::randn({2, 5, 8}, f64).set_requires_grad(true);
+    torch::Tensor x2 = x.detach().clone().set_requires_grad(true);
+    torch::Tensor probe = torch::randn({2, 5, parts * 6}, f64);
+    torch::Tensor y = LinearOfStacked(x, packed);
+    EXPECT_NE(y.grad_fn()->name().find("StackedLinearFunction"),
+              std::string::npos)
+        << y.grad_fn()->name();
+    (y * probe).sum().backward();
+    torch::Tensor expected = torch::linear(x2, torch::cat(separate));
+    EXPECT_TRUE(torch::allclose(y, expected, 1e-12, 1e-12));
+    (expected * probe).sum().backward();
+    EXPECT_TRUE(torch::allclose(x.grad(), x2.grad(), 1e-12, 1e-12));
+    for (int i = 0; i < parts; ++i) {
+      EXPECT_TRUE(
+          torch::allclose(packed[i].grad(), separate[i].grad(), 1e-12, 1e-12));
+    }
+    // Weights in separate buffers are concatenated.
+    torch::Tensor z = LinearOfStacked(x2, separate);
+    EXPECT_EQ(z.grad_fn()->name().find("StackedLinearFunction"),
+              std::string::npos);
+    EXPECT_TRUE(torch::allclose(z, expected, 1e-12, 1e-12));
+  }
+}
+
 }  // namespace
 }  // namespace lpd::engine

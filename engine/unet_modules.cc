@@ -253,26 +253,6 @@ std::vector<torch::Tensor> AttentionImpl::ProjectionWeights() const {
   return {to_q->weight, to_k->weight, to_v->weight};
 }
 
-torch::Tensor AttentionImpl::FusedProjectionWeight(
-    const std::vector<torch::Tensor>& parts) {
-  bool packed = !torch::GradMode::is_enabled();
-  int64_t rows = 0;
-  const torch::Tensor& first = parts.front();
-  const int64_t cols = first.size(1);
-  for (const torch::Tensor& part : parts) {
-    packed = packed && part.is_contiguous() && part.size(1) == cols &&
-             part.scalar_type() == first.scalar_type() &&
-             part.storage().unsafeGetStorageImpl() ==
-                 first.storage().unsafeGetStorageImpl() &&
-             part.storage_offset() == first.storage_offset() + rows * cols;
-    rows += part.size(0);
-  }
-  if (packed) {
-    return first.as_strided({rows, cols}, {cols, 1}, first.storage_offset());
-  }
-  return at::cat(parts);
-}
-
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x,
                                      const torch::Tensor& context) {
   const int64_t batch = x.size(0);
@@ -285,17 +265,19 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x,
   // One GEMM for q, k and v (self-attention) or for k and v (cross).
   torch::Tensor q, k, v;
   const bool self_attention = x.is_same(context);
-  torch::Tensor fused_weight = FusedProjectionWeight(
+  const std::vector<torch::Tensor> weights =
       self_attention
           ? std::vector<torch::Tensor>{to_q->weight, to_k->weight, to_v->weight}
-          : std::vector<torch::Tensor>{to_k->weight, to_v->weight});
+          : std::vector<torch::Tensor>{to_k->weight, to_v->weight};
   const torch::Tensor& fused_input = self_attention ? x : context;
   if (FlopCounter::active()) {
+    int64_t weight_numel = 0;
+    for (const torch::Tensor& w : weights) weight_numel += w.numel();
     FlopCounter::Add(2 * (fused_input.numel() / fused_input.size(-1)) *
-                     fused_weight.numel());
+                     weight_numel);
   }
   auto parts =
-      at::linear(fused_input, fused_weight).chunk(self_attention ? 3 : 2, -1);
+      LinearOfStacked(fused_input, weights).chunk(self_attention ? 3 : 2, -1);
   if (self_attention) {
     q = parts[0], k = parts[1], v = parts[2];
   } else {

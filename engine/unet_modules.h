@@ -235,10 +235,6 @@ class AttentionImpl : public torch::nn::Module {
   // The weights one GEMM of forward multiplies: to_q, to_k, to_v
   // (self-attention) or to_k, to_v (cross-attention).
   std::vector<torch::Tensor> ProjectionWeights() const;
-  // `parts` stacked by rows: a view when they lie side by side in one buffer
-  // and no gradient is recorded, a concatenation otherwise.
-  static torch::Tensor FusedProjectionWeight(
-      const std::vector<torch::Tensor>& parts);
 };
 TORCH_MODULE(Attention);
 

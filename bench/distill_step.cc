@@ -7,6 +7,7 @@
 //   distill_step [--case sd15|sdxl|sdxl-pruned|all] [--steps 10]
 //                [--precision bf16|bf16-master|fp32] [--fused-training off]
 //                [--profile PREFIX] [--check-kernels] [--cuda-graph off]
+//                [--concurrent-teacher off]
 //
 // --fused-training off records the plain ops for the student's group norms
 // and GEGLUs (the fused autograd nodes are the default); --profile writes a
@@ -49,6 +50,8 @@
 namespace {
 
 using namespace lpd::engine;
+
+bool g_concurrent_teacher = true;
 
 void Sync(torch::Device device) {
   if (device.is_cuda()) torch::cuda::synchronize();
@@ -306,6 +309,7 @@ int RunCase(const std::string& name, const std::string& file, int64_t batch,
   trainer_options.precision = precision;
   trainer_options.learning_rate = 1e-5;
   trainer_options.cuda_graph = cuda_graph;
+  trainer_options.concurrent_teacher = g_concurrent_teacher;
   auto trainer = DistillTrainer::Create(UNet2DConditionModel(*teacher), removed,
                                         trainer_options);
   if (!trainer.ok()) {
@@ -370,6 +374,8 @@ int main(int argc, char** argv) {
       {"profile", false, false, "write Kineto traces to PREFIX-<case>.json"},
       {"check-kernels", false, true, "compare fused and plain gradients"},
       {"cuda-graph", false, false, "on (default) or off"},
+      {"concurrent-teacher", false, false,
+       "on (default) or off: the teacher's forward on its own stream"},
   };
   auto flags = lpd::CliArgs::Parse(
       std::vector<std::string>(argv + 1, argv + argc), specs);
@@ -394,6 +400,7 @@ int main(int argc, char** argv) {
     CheckGraphedSteps(*device);
   }
   const bool cuda_graph = flags->Get("cuda-graph", "on") != "off";
+  g_concurrent_teacher = flags->Get("concurrent-teacher", "on") != "off";
   const std::string profile = flags->Get("profile", "");
   const std::string which = flags->Get("case", "all");
   int rc = 0;

@@ -18,10 +18,14 @@
 #   bench/gpu_session.sh speed [sd15,sdxl,sdxl-pruned,ab,forward,profile]
 #                               one GPU: the fused training kernels checked
 #                               against autograd, distill_step per case (ab:
-#                               also with --cuda-graph off), Kineto
+#                               also with --cuda-graph off; ab-teacher: SDXL
+#                               with --concurrent-teacher off), Kineto
 #                               profiles summarized, the tiny models' CUDA
 #                               forward against the reference vectors and
 #                               unet_forward
+#   bench/gpu_session.sh final  the kernel and graph checks, then each
+#                               distill_step case with the teacher's forward
+#                               concurrent and not, then unet_forward
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-out/gpu-session}
@@ -142,6 +146,8 @@ EOF
       --steps 6 2>&1 | grep -v Warning | tee "$out/distill-sdxl-pruned.txt"
     has ab && build-gpu/bench/distill_step --case sdxl --steps 6 \
       --cuda-graph off 2>&1 | grep -v Warning | tail -2
+    has ab-teacher && build-gpu/bench/distill_step --case sdxl --steps 10 \
+      --concurrent-teacher off 2>&1 | grep -v Warning | tail -2
     for t in "$out"/trace-*.json; do
       [ -f "$t" ] || continue
       echo "== $t"
@@ -161,8 +167,22 @@ EOF
         grep -v Warning | tee "$out/unet-forward.txt"
     fi
     ;;
+  final)
+    BUILD_TARGETS="distill_step unet_forward" build
+    build-gpu/bench/distill_step --case sd15 --steps 10 --check-kernels 2>&1 |
+      grep -v Warning | grep -v 'check Float'
+    for t in on off; do
+      for c in sd15 sdxl sdxl-pruned; do
+        echo "== $c, --concurrent-teacher $t"
+        build-gpu/bench/distill_step --case $c --steps 10 \
+          --concurrent-teacher $t 2>&1 | grep -v Warning | tail -2
+      done
+    done
+    build-gpu/bench/unet_forward --mode graph --iters 30 2>&1 |
+      grep -E '^[A-Z]|graph'
+    ;;
   *)
-    echo "usage: $0 dp|gate|rows|scaling|speed" >&2
+    echo "usage: $0 dp|gate|rows|scaling|speed|final" >&2
     exit 2
     ;;
 esac

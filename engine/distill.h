@@ -172,6 +172,9 @@ struct DistillTrainerOptions {
   // steps for good.
   bool cuda_graph = true;
   int64_t graph_warmup_steps = 2;
+  // With cuda_graph: the teacher's forward runs on a stream of its own,
+  // concurrently with the student's.
+  bool concurrent_teacher = true;
 };
 
 // What a progress callback receives after each step.
@@ -289,6 +292,7 @@ class DistillTrainer {
   // The captured graph, its stream and its static tensors (CUDA builds).
   struct CudaGraphState;
   class TrainingStreamScope;
+  class TeacherStreamScope;
   // The teacher's and student's outputs and features for `batch`.
   struct Forward;
   absl::StatusOr<Forward> RunForward(const TrainingBatch& batch);

@@ -23,8 +23,8 @@
 #                               profiles summarized, the tiny models' CUDA
 #                               forward against the reference vectors and
 #                               unet_forward
-#   bench/gpu_session.sh final  the kernel and graph checks, then each
-#                               distill_step case with the teacher's forward
+#   bench/gpu_session.sh final  the kernel and graph checks and SD-v1.5, then
+#                               the SDXL cases with the teacher's forward
 #                               concurrent and not, then unet_forward
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -171,12 +171,11 @@ EOF
     BUILD_TARGETS="distill_step unet_forward" build
     build-gpu/bench/distill_step --case sd15 --steps 10 --check-kernels 2>&1 |
       grep -v Warning | grep -v 'check Float'
-    for t in on off; do
-      for c in sd15 sdxl sdxl-pruned; do
-        echo "== $c, --concurrent-teacher $t"
-        build-gpu/bench/distill_step --case $c --steps 10 \
-          --concurrent-teacher $t 2>&1 | grep -v Warning | tail -2
-      done
+    for run in "sdxl on" "sdxl off" "sdxl-pruned on" "sdxl-pruned off"; do
+      set -- $run
+      echo "== $1, --concurrent-teacher $2"
+      build-gpu/bench/distill_step --case $1 --steps 10 \
+        --concurrent-teacher $2 2>&1 | grep -v Warning | tail -2
     done
     build-gpu/bench/unet_forward --mode graph --iters 30 2>&1 |
       grep -E '^[A-Z]|graph'

@@ -382,6 +382,100 @@ DistillTrainer::DistillTrainer(UNet2DConditionModel teacher,
       removed_(std::move(removed)),
       options_(options) {}
 
+struct DistillTrainer::CudaGraphState {
+#ifdef LPD_DISTILL_CUDA_GRAPHS
+  CudaGraphState(c10::cuda::CUDAStream s, c10::cuda::CUDAStream t)
+      : stream(s), teacher_stream(t) {}
+  c10::cuda::CUDAStream stream;
+  // Where the teacher's forward runs, beside the student's.
+  c10::cuda::CUDAStream teacher_stream;
+  bool concurrent_teacher = true;
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
+  TrainingBatch inputs;  // the static tensors each replay reads
+  torch::Tensor stats;   // the loss values each replay writes
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> grads;  // what each replay writes (params_)
+#endif
+  int64_t eager_steps = 0;
+  absl::Status failure;  // why the capture failed, if it did
+};
+
+// Runs a scope on the graph's stream, ordered after the caller's stream's
+// work so far, and makes the caller's stream wait for it at the end.
+class DistillTrainer::TrainingStreamScope {
+ public:
+#ifdef LPD_DISTILL_CUDA_GRAPHS
+  explicit TrainingStreamScope(CudaGraphState& state)
+      : side_(state.stream),
+        caller_(c10::cuda::getCurrentCUDAStream(state.stream.device_index())) {
+    at::cuda::CUDAEvent ready;
+    ready.record(caller_);
+    ready.block(side_);
+    guard_.emplace(side_);
+  }
+  ~TrainingStreamScope() {
+    guard_.reset();
+    at::cuda::CUDAEvent done;
+    done.record(side_);
+    done.block(caller_);
+  }
+
+ private:
+  c10::cuda::CUDAStream side_, caller_;
+  std::optional<c10::cuda::CUDAStreamGuard> guard_;
+#else
+  explicit TrainingStreamScope(CudaGraphState&) {}
+#endif
+};
+
+// Runs the teacher's forward on its own stream so that it overlaps the
+// student's: the constructor forks from the current stream, Join makes the
+// current stream wait for the teacher and marks the teacher's results as
+// used there (so their memory is not reused too early).
+class DistillTrainer::TeacherStreamScope {
+ public:
+  explicit TeacherStreamScope(CudaGraphState* state) {
+#ifdef LPD_DISTILL_CUDA_GRAPHS
+    if (state == nullptr || !state->concurrent_teacher) return;
+    main_.emplace(
+        c10::cuda::getCurrentCUDAStream(state->teacher_stream.device_index()));
+    teacher_.emplace(state->teacher_stream);
+    at::cuda::CUDAEvent fork;
+    fork.record(*main_);
+    fork.block(*teacher_);
+    guard_.emplace(*teacher_);
+#else
+    (void)state;
+#endif
+  }
+  // Back on the caller's stream (the teacher's work keeps running).
+  void Leave() {
+#ifdef LPD_DISTILL_CUDA_GRAPHS
+    guard_.reset();
+#endif
+  }
+  void Join(const std::vector<torch::Tensor>& results) {
+#ifdef LPD_DISTILL_CUDA_GRAPHS
+    if (!main_) return;
+    Leave();
+    at::cuda::CUDAEvent join;
+    join.record(*teacher_);
+    join.block(*main_);
+    for (const torch::Tensor& t : results) {
+      if (t.defined()) t.record_stream(*main_);
+    }
+#else
+    (void)results;
+#endif
+  }
+
+ private:
+#ifdef LPD_DISTILL_CUDA_GRAPHS
+  std::optional<c10::cuda::CUDAStream> main_, teacher_;
+  std::optional<c10::cuda::CUDAStreamGuard> guard_;
+#endif
+};
+
 absl::StatusOr<std::unique_ptr<DistillTrainer>> DistillTrainer::Create(
     UNet2DConditionModel teacher, const std::set<std::string>& removed_units,
     const DistillTrainerOptions& options) {
@@ -512,100 +606,6 @@ DistillTrainer::OptimizedTensors() const {
 struct DistillTrainer::Forward {
   torch::Tensor student_out, teacher_out, target;
   BlockOutputs student_features, teacher_features;
-};
-
-struct DistillTrainer::CudaGraphState {
-#ifdef LPD_DISTILL_CUDA_GRAPHS
-  CudaGraphState(c10::cuda::CUDAStream s, c10::cuda::CUDAStream t)
-      : stream(s), teacher_stream(t) {}
-  c10::cuda::CUDAStream stream;
-  // Where the teacher's forward runs, beside the student's.
-  c10::cuda::CUDAStream teacher_stream;
-  bool concurrent_teacher = true;
-  std::unique_ptr<at::cuda::CUDAGraph> graph;
-  TrainingBatch inputs;  // the static tensors each replay reads
-  torch::Tensor stats;   // the loss values each replay writes
-  std::vector<std::string> names;
-  std::vector<torch::Tensor> grads;  // what each replay writes (params_)
-#endif
-  int64_t eager_steps = 0;
-  absl::Status failure;  // why the capture failed, if it did
-};
-
-// Runs a scope on the graph's stream, ordered after the caller's stream's
-// work so far, and makes the caller's stream wait for it at the end.
-class DistillTrainer::TrainingStreamScope {
- public:
-#ifdef LPD_DISTILL_CUDA_GRAPHS
-  explicit TrainingStreamScope(CudaGraphState& state)
-      : side_(state.stream),
-        caller_(c10::cuda::getCurrentCUDAStream(state.stream.device_index())) {
-    at::cuda::CUDAEvent ready;
-    ready.record(caller_);
-    ready.block(side_);
-    guard_.emplace(side_);
-  }
-  ~TrainingStreamScope() {
-    guard_.reset();
-    at::cuda::CUDAEvent done;
-    done.record(side_);
-    done.block(caller_);
-  }
-
- private:
-  c10::cuda::CUDAStream side_, caller_;
-  std::optional<c10::cuda::CUDAStreamGuard> guard_;
-#else
-  explicit TrainingStreamScope(CudaGraphState&) {}
-#endif
-};
-
-// Runs the teacher's forward on its own stream so that it overlaps the
-// student's: the constructor forks from the current stream, Join makes the
-// current stream wait for the teacher and marks the teacher's results as
-// used there (so their memory is not reused too early).
-class DistillTrainer::TeacherStreamScope {
- public:
-  explicit TeacherStreamScope(CudaGraphState* state) {
-#ifdef LPD_DISTILL_CUDA_GRAPHS
-    if (state == nullptr || !state->concurrent_teacher) return;
-    main_.emplace(
-        c10::cuda::getCurrentCUDAStream(state->teacher_stream.device_index()));
-    teacher_.emplace(state->teacher_stream);
-    at::cuda::CUDAEvent fork;
-    fork.record(*main_);
-    fork.block(*teacher_);
-    guard_.emplace(*teacher_);
-#else
-    (void)state;
-#endif
-  }
-  // Back on the caller's stream (the teacher's work keeps running).
-  void Leave() {
-#ifdef LPD_DISTILL_CUDA_GRAPHS
-    guard_.reset();
-#endif
-  }
-  void Join(const std::vector<torch::Tensor>& results) {
-#ifdef LPD_DISTILL_CUDA_GRAPHS
-    if (!main_) return;
-    Leave();
-    at::cuda::CUDAEvent join;
-    join.record(*teacher_);
-    join.block(*main_);
-    for (const torch::Tensor& t : results) {
-      if (t.defined()) t.record_stream(*main_);
-    }
-#else
-    (void)results;
-#endif
-  }
-
- private:
-#ifdef LPD_DISTILL_CUDA_GRAPHS
-  std::optional<c10::cuda::CUDAStream> main_, teacher_;
-  std::optional<c10::cuda::CUDAStreamGuard> guard_;
-#endif
 };
 
 absl::StatusOr<DistillTrainer::Forward> DistillTrainer::RunForward(

@@ -760,6 +760,10 @@ absl::StatusOr<nlohmann::json> Distill(Job& job) {
   CheckpointTarget target{job.out.store.get(), job.out.prefix,
                           d.checkpoint_every()};
   absl::Status trained = trainer->Train(steps, source, progress, target);
+  if (!trainer->cuda_graph_failure().ok()) {
+    job.Log(absl::StrCat("DISTILL: steps ran without a CUDA graph: ",
+                         trainer->cuda_graph_failure().message()));
+  }
   if (!trained.ok()) {
     if (!stopped.ok()) {
       // Stopped on request: keep the steps taken.

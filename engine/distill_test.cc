@@ -447,5 +447,32 @@ TEST(MultiTensorAdamWTest, EqualsLibTorchAdamWStepByStep) {
   }
 }
 
+// A gradient divisor (how the trainer clips without a host synchronization
+// on the GPU) divides the gradients in place before the update.
+TEST(MultiTensorAdamWTest, GradScaleDividesTheGradientsFirst) {
+  torch::manual_seed(10);
+  std::vector<torch::Tensor> a = {torch::randn({3, 4}), torch::randn({5})};
+  std::vector<torch::Tensor> b = {a[0].clone(), a[1].clone()};
+  for (auto& t : a) t.set_requires_grad(true);
+  for (auto& t : b) t.set_requires_grad(true);
+  auto options = torch::optim::AdamWOptions(1e-2).weight_decay(0.1);
+  torch::optim::AdamW reference(a, options), ours(b, options);
+  for (int step = 0; step < 3; ++step) {
+    torch::Tensor g0 = torch::randn({3, 4}), g1 = torch::randn({5});
+    a[0].mutable_grad() = g0 / 4.0;
+    a[1].mutable_grad() = g1 / 4.0;
+    b[0].mutable_grad() = g0.clone();
+    b[1].mutable_grad() = g1.clone();
+    reference.step();
+    MultiTensorAdamWStep(ours, /*allow_fused=*/true, /*found_inf=*/{},
+                         /*grad_scale=*/torch::tensor(4.0f));
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_TRUE(torch::allclose(a[i], b[i], 1e-6, 1e-7))
+          << "step " << step << " tensor " << i;
+      EXPECT_TRUE(torch::allclose(b[i].grad(), a[i].grad(), 1e-6, 1e-7));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace lpd::engine

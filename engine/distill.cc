@@ -960,7 +960,7 @@ torch::Tensor GlobalNormTensor(const std::vector<torch::Tensor>& tensors) {
 namespace {
 
 #ifdef LPD_DISTILL_CUDA_GRAPHS
-// Applies `fn(dst, src)` to each defined tensor field of two batches.
+// Applies `fn(dst, src)` to each tensor field of two batches.
 template <typename Fn>
 void ForEachTensor(TrainingBatch& a, const TrainingBatch& b, Fn fn) {
   fn(a.noised.sample, b.noised.sample);
@@ -977,8 +977,7 @@ bool SameShapes(const TrainingBatch& a, const TrainingBatch& b) {
                 [&](const torch::Tensor& x, const torch::Tensor& y) {
                   same = same && x.defined() == y.defined() &&
                          (!x.defined() || (x.sizes() == y.sizes() &&
-                                           x.scalar_type() == y.scalar_type() &&
-                                           x.device() == y.device()));
+                                           x.scalar_type() == y.scalar_type()));
                 });
   return same;
 }
@@ -1041,9 +1040,11 @@ void DistillTrainer::CaptureGraph(const TrainingBatch& batch) {
   absl::Status status =
       GuardTorch("capturing the distillation step", [&]() -> absl::Status {
         g.inputs = TrainingBatch();
+        // On the device: the graph must not copy from the host.
         ForEachTensor(g.inputs, batch,
-                      [](torch::Tensor& dst, const torch::Tensor& src) {
-                        if (src.defined()) dst = src.clone();
+                      [&](torch::Tensor& dst, const torch::Tensor& src) {
+                        if (src.defined())
+                          dst = src.to(options_.device).clone();
                       });
         // Backward then creates each gradient inside the graph's memory,
         // where every replay writes it anew.

@@ -142,7 +142,7 @@ TrainingBatch Noise(const DatasetBatch& clean, uint64_t seed,
   batch.noised.encoder_hidden_states = floating(clean.encoder_hidden_states);
   batch.noised.text_embeds = floating(clean.text_embeds);
   batch.noised.time_ids = floating(clean.time_ids);
-  batch.target = schedule.Target(prediction, clean.latents, noise, t);
+  batch.target = floating(schedule.Target(prediction, clean.latents, noise, t));
   return batch;
 }
 

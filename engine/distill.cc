@@ -228,21 +228,6 @@ bool IsDistilledFeature(absl::string_view capture_name) {
          absl::StartsWith(capture_name, "up_blocks.");
 }
 
-DistillLossValues LossValues(const DistillLoss& loss) {
-  auto value = [](const torch::Tensor& t) {
-    return t.defined() ? t.detach().to(torch::kDouble).item<double>() : 0.0;
-  };
-  DistillLossValues values;
-  values.total = value(loss.total);
-  values.task = value(loss.task);
-  values.output_kd = value(loss.output_kd);
-  values.feature_kd = value(loss.feature_kd);
-  for (const auto& [name, term] : loss.feature_terms) {
-    values.feature_terms[name] = value(term);
-  }
-  return values;
-}
-
 namespace {
 
 // The loss's parts before they are combined: per distilled feature the
@@ -791,6 +776,17 @@ void DistillTrainer::AttachGradientBuffers() {
   ZeroGradientBuffers();
 }
 
+void DistillTrainer::ZeroGradients() {
+  if (!grad_buffers_.empty()) {
+    ZeroGradientBuffers();
+    return;
+  }
+  optimizer_->zero_grad();
+  for (auto& [name, param] : params_) {
+    if (param.grad().defined()) param.mutable_grad().zero_();
+  }
+}
+
 void DistillTrainer::ZeroGradientBuffers() {
   torch::NoGradGuard no_grad;
   for (torch::Tensor& b : grad_buffers_) b.zero_();
@@ -1093,12 +1089,7 @@ absl::StatusOr<torch::Tensor> DistillTrainer::EagerForwardBackward(
   return GuardTorch("distillation backward",
                     [&]() -> absl::StatusOr<torch::Tensor> {
                       torch::Tensor stats = PackLossValues(loss, names);
-                      optimizer_->zero_grad();
-                      for (auto& [name, param] : params_) {
-                        if (param.grad().defined()) {
-                          param.mutable_grad().zero_();
-                        }
-                      }
+                      ZeroGradients();
                       RECORD_USER_SCOPE("distill.backward");
                       loss.total.backward();
                       return stats;
@@ -1131,14 +1122,7 @@ absl::StatusOr<StepReport> DistillTrainer::StepOnStream(
   if (distributed()) {
     ASSIGN_OR_RETURN(distributed_loss, DistributedLoss(batch));
     RETURN_IF_ERROR(GuardTorch("distillation backward", [&]() -> absl::Status {
-      if (!grad_buffers_.empty()) {
-        ZeroGradientBuffers();
-      } else {
-        optimizer_->zero_grad();
-        for (auto& [name, param] : params_) {
-          if (param.grad().defined()) param.mutable_grad().zero_();
-        }
-      }
+      ZeroGradients();
       if (reducer_) reducer_->Arm();
       {
         RECORD_USER_SCOPE("distill.backward");

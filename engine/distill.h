@@ -81,7 +81,6 @@ struct DistillLossValues {
   double total = 0, task = 0, output_kd = 0, feature_kd = 0;
   std::map<std::string, double> feature_terms;
 };
-DistillLossValues LossValues(const DistillLoss& loss);
 
 // The loss of DESIGN §4.5, computed in float32 whatever the inputs' dtype.
 // The feature terms run over the teacher's distilled captures
@@ -320,6 +319,9 @@ class DistillTrainer {
   void AttachGradientBuffers();
   // Zeroes the buffers and re-attaches any .grad that was replaced.
   void ZeroGradientBuffers();
+  // Before a backward pass: the buffers zeroed (when attached), or every
+  // gradient cleared.
+  void ZeroGradients();
   // Makes every rank hold rank 0's weights and AdamW state, after checking
   // that all are at the same step and hold the same teacher.
   absl::Status SyncReplicas(bool check_teacher);

@@ -110,6 +110,16 @@ bool Aligned16(std::initializer_list<const torch::Tensor*> tensors) {
   return true;
 }
 
+// LibTorch 1.13's custom autograd functions take no undefined tensors: an
+// empty one stands for "none" on the way in (AbsentAsEmpty) and is turned
+// back on the way out (EmptyAsAbsent).
+torch::Tensor AbsentAsEmpty(const torch::Tensor& t, const torch::Tensor& like) {
+  return t.defined() ? t : torch::empty({0}, like.options());
+}
+torch::Tensor EmptyAsAbsent(const torch::Tensor& t) {
+  return t.numel() > 0 ? t : torch::Tensor();
+}
+
 // The arithmetic dtype of the plain-op formulas: double for double inputs,
 // float otherwise (as the kernels).
 torch::Dtype ComputeDtype(const torch::Tensor& x) {
@@ -178,7 +188,7 @@ class GroupNormActFunction
                                const torch::Tensor& bias, int64_t groups,
                                double eps, bool silu, bool kernel) {
     const int64_t batch = x.size(0), channels = x.size(1);
-    const torch::Tensor add = Addend(given_add);
+    const torch::Tensor add = EmptyAsAbsent(given_add);
     torch::Tensor y, stats;
     if (kernel) {
       stats =
@@ -206,7 +216,7 @@ class GroupNormActFunction
     const variable_list saved = ctx->get_saved_variables();
     const torch::Tensor &x = saved[0], &weight = saved[2], &bias = saved[3],
                         &stats = saved[4];
-    const torch::Tensor add = Addend(saved[1]);
+    const torch::Tensor add = EmptyAsAbsent(saved[1]);
     const int64_t groups = ctx->saved_data["groups"].toInt();
     const bool silu = ctx->saved_data["silu"].toBool();
     torch::Tensor dx, dadd, dweight, dbias;
@@ -221,10 +231,6 @@ class GroupNormActFunction
   }
 
  private:
-  static torch::Tensor Addend(const torch::Tensor& given) {
-    return given.numel() > 0 ? given : torch::Tensor();
-  }
-
   using Grads =
       std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor>;
 
@@ -452,9 +458,8 @@ class AddLayerNormFunction
                                const torch::Tensor& weight,
                                const torch::Tensor& bias, double eps,
                                bool kernel) {
-    const bool has_residual = given_residual.numel() > 0;
-    const torch::Tensor residual =
-        has_residual ? given_residual : torch::Tensor();
+    const torch::Tensor residual = EmptyAsAbsent(given_residual);
+    const bool has_residual = residual.defined();
     torch::Tensor sum, y, stats;
     if (kernel) {
       std::tie(sum, y, stats) =
@@ -633,7 +638,7 @@ class StackedLinearFunction
   static std::vector<torch::Tensor> Weights(const torch::Tensor& w0,
                                             const torch::Tensor& w1,
                                             const torch::Tensor& w2) {
-    if (w2.numel() == 0) return {w0, w1};
+    if (!EmptyAsAbsent(w2).defined()) return {w0, w1};
     return {w0, w1, w2};
   }
 };
@@ -664,11 +669,8 @@ torch::Tensor GroupNormAct(const torch::Tensor& x, const torch::Tensor& add,
   const bool kernel = GroupNormKernelTakes(x, add, groups, weight, bias);
   if (NeedsGradient({&x, &add, &weight, &bias})) {
     if (UseFusedNode(kernel, x) && weight.defined() && bias.defined()) {
-      // LibTorch 1.13's custom functions take no undefined tensors: an
-      // empty one stands for "no addend".
-      return GroupNormActFunction::apply(
-          x, add.defined() ? add : torch::empty({0}, x.options()), weight, bias,
-          groups, eps, silu, kernel);
+      return GroupNormActFunction::apply(x, AbsentAsEmpty(add, x), weight, bias,
+                                         groups, eps, silu, kernel);
     }
     return GroupNormActPlain(x, add, groups, weight, bias, eps, silu);
   }
@@ -685,10 +687,8 @@ std::pair<torch::Tensor, torch::Tensor> AddLayerNorm(
   const bool kernel = LayerNormKernelTakes(x, residual, weight, bias);
   if (NeedsGradient({&x, &residual, &weight, &bias})) {
     if (UseFusedNode(kernel, x)) {
-      // (An empty tensor stands for "no residual": see GroupNormAct.)
       variable_list out = AddLayerNormFunction::apply(
-          x, residual.defined() ? residual : torch::empty({0}, x.options()),
-          weight, bias, eps, kernel);
+          x, AbsentAsEmpty(residual, x), weight, bias, eps, kernel);
       if (residual.defined()) return {out[0], out[1]};
       return {x, out[0]};
     }
@@ -736,7 +736,7 @@ torch::Tensor LinearOfStacked(const torch::Tensor& x,
         (weights.size() == 2 || weights.size() == 3)) {
       return StackedLinearFunction::apply(
           x, weights[0], weights[1],
-          weights.size() == 3 ? weights[2] : torch::empty({0}, x.options()));
+          AbsentAsEmpty(weights.size() == 3 ? weights[2] : torch::Tensor(), x));
     }
   }
   return at::linear(x, at::cat(weights));

@@ -102,6 +102,15 @@ __device__ __forceinline__ float Silu(float v) {
   return v / (1.f + __expf(-v));
 }
 
+// dL/dz from dL/dy for y = act(z), z = x̂·w + b (act: SiLU or identity).
+__device__ __forceinline__ float GroupNormDz(float dy, float xhat, float w,
+                                             float b, bool silu) {
+  if (!silu) return dy;
+  const float z = xhat * w + b;
+  const float sig = 1.f / (1.f + __expf(-z));
+  return dy * (sig * (1.f + z * (1.f - sig)));
+}
+
 template <typename T>
 __global__ void GroupNormApplyKernel(
     const T* __restrict__ x, const T* __restrict__ add,
@@ -201,12 +210,7 @@ __global__ void GroupNormBackwardPartialsKernel(
 #pragma unroll
       for (int k = 0; k < 2; ++k) {
         const float xhat = (v[k] - st.x) * st.y;
-        float dz = g[k];
-        if (silu) {
-          const float z = xhat * wc[k] + bc[k];
-          const float sig = 1.f / (1.f + __expf(-z));
-          dz *= sig * (1.f + z * (1.f - sig));
-        }
+        const float dz = GroupNormDz(g[k], xhat, wc[k], bc[k], silu);
         sv[k] += v[k];
         sdz[k] += dz;
         sdzx[k] += dz * xhat;
@@ -329,12 +333,7 @@ __global__ void GroupNormBackwardInputKernel(
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const float xhat = (v[j] - st.x) * st.y;
-      float dz = g[j];
-      if (silu) {
-        const float z = xhat * w[j] + c[j];
-        const float sig = 1.f / (1.f + __expf(-z));
-        dz *= sig * (1.f + z * (1.f - sig));
-      }
+      const float dz = GroupNormDz(g[j], xhat, w[j], c[j], silu);
       r[j] = st.y * (dz * w[j] - k.x - xhat * k.y);
     }
     out[i] = P::FromFloat(make_float2(r[0], r[1]));
@@ -694,12 +693,7 @@ __global__ void GroupNormBackwardInputVecKernel(
       const int64_t bg = b * groups + (8 * o + k) / group_size;
       const float2 st = stats[bg], coef = coefficients[bg];
       const float xhat = (v[k] + a[k] - st.x) * st.y;
-      float dz = g[k];
-      if (silu) {
-        const float z = xhat * w[k] + c[k];
-        const float sig = 1.f / (1.f + __expf(-z));
-        dz *= sig * (1.f + z * (1.f - sig));
-      }
+      const float dz = GroupNormDz(g[k], xhat, w[k], c[k], silu);
       r[k] = st.y * (dz * w[k] - coef.x - xhat * coef.y);
     }
     Octet<T> o8;
@@ -751,12 +745,7 @@ __global__ void GroupNormBackwardPartialsVecKernel(
       for (int k = 0; k < 8; ++k) {
         const float val = v[k] + a[k];
         const float xhat = (val - st[k].x) * st[k].y;
-        float dz = g[k];
-        if (silu) {
-          const float z = xhat * w[k] + c[k];
-          const float sig = 1.f / (1.f + __expf(-z));
-          dz *= sig * (1.f + z * (1.f - sig));
-        }
+        const float dz = GroupNormDz(g[k], xhat, w[k], c[k], silu);
         sv[k] += val;
         sdz[k] += dz;
         sdzx[k] += dz * xhat;

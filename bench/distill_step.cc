@@ -33,12 +33,9 @@
 
 #ifdef LPD_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
-#if TORCH_VERSION_MAJOR >= 2
-#include <torch/csrc/autograd/profiler_kineto.h>
-#define LPD_WITH_KINETO 1
-#endif
 #endif
 
+#include "bench/kineto_trace.h"
 #include "bench/random_unet.h"
 #include "common/cli_args.h"
 #include "engine/distill.h"
@@ -76,29 +73,6 @@ double PeakGiB(torch::Device device) {
   }
 #endif
   return 0;
-}
-
-// Runs `fn` under the Kineto profiler (CPU and CUDA activity) and writes the
-// trace to `path`.
-bool ProfileToFile(const std::string& path, const std::function<void()>& fn) {
-#ifdef LPD_WITH_KINETO
-  namespace prof = torch::autograd::profiler;
-  namespace impl = torch::profiler::impl;
-  const impl::ProfilerConfig config(impl::ProfilerState::KINETO);
-  const std::set<impl::ActivityType> activities = {impl::ActivityType::CPU,
-                                                   impl::ActivityType::CUDA};
-  prof::prepareProfiler(config, activities);
-  prof::enableProfiler(config, activities);
-  fn();
-  torch::cuda::synchronize();
-  prof::disableProfiler()->save(path);
-  std::printf("  profile of two steps: %s\n", path.c_str());
-  return true;
-#else
-  (void)path, (void)fn;
-  std::printf("  --profile needs LibTorch 2.x with CUDA\n");
-  return false;
-#endif
 }
 
 // Largest difference of b from a relative to a's largest magnitude.
@@ -354,7 +328,7 @@ int RunCase(const std::string& name, const std::string& file, int64_t batch,
   if (!profile_prefix.empty()) {
     std::string tag = name;
     for (char& c : tag) c = c == ' ' ? '-' : c;
-    ProfileToFile(profile_prefix + "-" + tag + ".json", [&] {
+    lpd::bench::ProfileToFile(profile_prefix + "-" + tag + ".json", [&] {
       for (int i = 0; i < 2; ++i) (void)(*trainer)->Step(b);
     });
   }

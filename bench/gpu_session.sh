@@ -23,6 +23,10 @@
 #                               profiles summarized, the tiny models' CUDA
 #                               forward against the reference vectors and
 #                               unet_forward
+#   bench/gpu_session.sh forward [unet_forward flags]
+#                               one GPU: unet_profile for SDXL, then
+#                               unet_forward in graph mode with Kineto
+#                               traces of the SDXL forward, summarized
 #   bench/gpu_session.sh final  the kernel and graph checks and SD-v1.5, then
 #                               the SDXL cases with the teacher's forward
 #                               concurrent and not, then unet_forward
@@ -166,6 +170,21 @@ EOF
       build-gpu/bench/unet_forward --mode graph --iters 30 2>&1 |
         grep -v Warning | tee "$out/unet-forward.txt"
     fi
+    ;;
+  forward)
+    BUILD_TARGETS="unet_forward unet_profile" build
+    build-gpu/bench/unet_profile --case sdxl 2>&1 | grep -v Warning |
+      tee "$out/unet-profile.txt"
+    build-gpu/bench/unet_forward --case sdxl --mode all --iters 30 \
+      --profile "$out/forward" "${@:2}" 2>&1 | grep -v Warning |
+      tee "$out/unet-forward.txt"
+    for t in "$out"/forward-*.json; do
+      [ -f "$t" ] || continue
+      echo "== $t"
+      python3 bench/trace_summary.py "$t" --top 40 >"${t%.json}.txt"
+      head -60 "${t%.json}.txt"
+      gzip -f "$t"
+    done
     ;;
   final)
     BUILD_TARGETS="distill_step unet_forward" build

@@ -5,8 +5,11 @@
 //   unet_forward [--device cuda] [--dtype bf16] [--iters 20] [--warmup 5]
 //                [--case sd15|sdxl|all] [--batch N --size S]
 //                [--mode plain|eager|graph|all] [--channels-last 0|1]
+//                [--profile PREFIX]
 // Modes: plain = eager with LibTorch ops only; eager = with the engine's
 // fused kernels; graph = fused kernels replayed from a CUDA graph.
+// --profile writes a Kineto trace of three forward passes per case and mode
+// to PREFIX-<case>-<mode>.json (bench/trace_summary.py reads it).
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
@@ -20,6 +23,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "bench/kineto_trace.h"
 #include "common/cli_args.h"
 #include "engine/fused_ops.h"
 #include "engine/graphed_forward.h"
@@ -50,8 +54,8 @@ double MedianMs(std::vector<double> ms) {
 }
 
 int RunCase(const Case& c, torch::Device device, torch::Dtype dtype,
-            const std::string& mode, bool channels_last, int warmup,
-            int iters) {
+            const std::string& mode, bool channels_last, int warmup, int iters,
+            const std::string& profile_prefix) {
   std::ifstream in(std::string(LPD_CONFIGS_DIR) + "/" + c.config_file);
   std::stringstream text;
   text << in.rdbuf();
@@ -154,6 +158,12 @@ int RunCase(const Case& c, torch::Device device, torch::Dtype dtype,
         m.c_str(), channels_last ? 1 : 0, median,
         *std::min_element(ms.begin(), ms.end()), iters,
         flops / (median / 1e3) / 1e12);
+    if (!profile_prefix.empty()) {
+      lpd::bench::ProfileToFile(
+          absl::StrCat(profile_prefix, "-", c.name, "-", m, ".json"), [&] {
+            for (int i = 0; i < 3; ++i) (void)(*runner)->Run(inputs);
+          });
+    }
   }
   lpd::engine::SetFusedKernelsEnabled(true);
   return 0;
@@ -208,6 +218,8 @@ int main(int argc, char** argv) {
       {"warmup", false, false, "warm-up runs (default 5)"},
       {"iters", false, false, "timed runs (default 20)"},
       {"threads", false, false, "CPU threads"},
+      {"profile", false, false,
+       "write Kineto traces to PREFIX-<case>-<mode>.json"},
   };
   auto flags = lpd::CliArgs::Parse(
       std::vector<std::string>(argv + 1, argv + argc), specs);
@@ -246,7 +258,7 @@ int main(int argc, char** argv) {
     c.batch = flags->GetInt("batch", c.batch).value_or(c.batch);
     c.size = flags->GetInt("size", c.size).value_or(c.size);
     rc |= RunCase(c, *device, *dtype, flags->Get("mode", "all"), channels_last,
-                  warmup, iters);
+                  warmup, iters, flags->Get("profile", ""));
   }
   return rc;
 }

@@ -24,12 +24,14 @@
 #                               forward against the reference vectors and
 #                               unet_forward
 #   bench/gpu_session.sh forward [unet_forward flags]
-#                               one GPU: unet_profile for SDXL, then
-#                               unet_forward in graph mode with Kineto
-#                               traces of the SDXL forward, summarized
+#                               one GPU: unet_forward for SDXL in every
+#                               mode with Kineto traces, summarized (with
+#                               UNET_PROFILE=1 unet_profile for SDXL first)
 #   bench/gpu_session.sh final  the kernel and graph checks and SD-v1.5, then
 #                               the SDXL cases with the teacher's forward
-#                               concurrent and not, then unet_forward
+#                               concurrent and not, the tiny models' CUDA
+#                               forward against the reference vectors, then
+#                               unet_forward twice
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-out/gpu-session}
@@ -173,8 +175,8 @@ EOF
     ;;
   forward)
     BUILD_TARGETS="unet_forward unet_profile" build
-    build-gpu/bench/unet_profile --case sdxl 2>&1 | grep -v Warning |
-      tee "$out/unet-profile.txt"
+    [ -n "${UNET_PROFILE:-}" ] && build-gpu/bench/unet_profile --case sdxl \
+      2>&1 | grep -v Warning | tee "$out/unet-profile.txt"
     build-gpu/bench/unet_forward --case sdxl --mode all --iters 30 \
       --profile "$out/forward" "${@:2}" 2>&1 | grep -v Warning |
       tee "$out/unet-forward.txt"
@@ -187,7 +189,7 @@ EOF
     done
     ;;
   final)
-    BUILD_TARGETS="distill_step unet_forward" build
+    BUILD_TARGETS="distill_step unet_forward lpd-worker" build
     build-gpu/bench/distill_step --case sd15 --steps 10 --check-kernels 2>&1 |
       grep -v Warning | grep -v 'check Float'
     for run in "sdxl on" "sdxl off" "sdxl-pruned on" "sdxl-pruned off"; do
@@ -196,8 +198,19 @@ EOF
       build-gpu/bench/distill_step --case $1 --steps 10 \
         --concurrent-teacher $2 2>&1 | grep -v Warning | tail -2
     done
-    build-gpu/bench/unet_forward --mode graph --iters 30 2>&1 |
-      grep -E '^[A-Z]|graph'
+    for m in tiny-sd15 tiny-sdxl; do
+      build-gpu/worker/lpd-worker forward --model .gpu-data/$m \
+        --inputs .gpu-data/$m/vectors.safetensors --out out/$m.safetensors \
+        --device cuda --dtype float32 >/dev/null &&
+        echo "== $m cuda float32 vs reference" &&
+        python3 bench/compare_outputs.py out/$m.safetensors \
+          .gpu-data/$m/vectors.safetensors --tol 1e-3 | tail -1
+    done
+    for run in 1 2; do
+      echo "== unet_forward, run $run"
+      build-gpu/bench/unet_forward --mode graph --iters 30 2>&1 |
+        grep -E '^[A-Z]|graph|check|fused vs'
+    done
     ;;
   *)
     echo "usage: $0 dp|gate|rows|scaling|speed|final" >&2

@@ -200,6 +200,13 @@ void CheckKernels(torch::Device device, torch::Dtype dtype) {
   torch::Tensor lw = torch::rand({640}, to) + 0.5, lb = torch::randn({640}, to);
   compare("add+layer_norm",
           [&] { return lpd::engine::AddLayerNorm(t, r, lw, lb, 1e-5).second; });
+  compare("add+layer_norm sum+addend", [&] {
+    return lpd::engine::AddLayerNorm(t, r, lw, lb, 1e-5, lb).first;
+  });
+  torch::Tensor y = torch::randn({4, 320, 64, 64}, to)
+                        .contiguous(torch::MemoryFormat::ChannelsLast);
+  compare("add+channel bias",
+          [&] { return lpd::engine::AddChannelBias(x, y, b); });
   torch::Tensor g = torch::randn({4, 1024, 5120}, to);
   compare("geglu", [&] { return lpd::engine::Geglu(g); });
 }

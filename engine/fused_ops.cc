@@ -499,13 +499,15 @@ class AddLayerNormFunction
   }
 
   // {sum, y, stats (float [rows, 2], when asked)} by the forward kernel.
+  // With `sum_addend`, the sum output is s + sum_addend.
   static std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> Kernel(
       const torch::Tensor& x, const torch::Tensor& residual,
       const torch::Tensor& weight, const torch::Tensor& bias, double eps,
-      bool with_stats) {
+      bool with_stats, const torch::Tensor& sum_addend = {}) {
 #ifdef LPD_WITH_CUDA
     const int64_t dim = x.size(-1), rows = x.numel() / dim;
-    torch::Tensor sum = residual.defined() ? torch::empty_like(x) : x;
+    torch::Tensor sum =
+        residual.defined() || sum_addend.defined() ? torch::empty_like(x) : x;
     torch::Tensor y = torch::empty_like(x);
     torch::Tensor stats;
     if (with_stats) {
@@ -516,12 +518,13 @@ class AddLayerNormFunction
               residual.defined() ? residual.data_ptr() : nullptr,
               weight.data_ptr(), bias.data_ptr(), sum.data_ptr(), y.data_ptr(),
               rows, dim, static_cast<float>(eps), CurrentStream(),
-              with_stats ? stats.data_ptr() : nullptr),
+              with_stats ? stats.data_ptr() : nullptr,
+              sum_addend.defined() ? sum_addend.data_ptr() : nullptr),
           "layer norm kernel");
     return {sum, y, stats};
 #else
     (void)x, (void)residual, (void)weight, (void)bias, (void)eps,
-        (void)with_stats;
+        (void)with_stats, (void)sum_addend;
     throw std::logic_error("fused kernels are not in this build");
 #endif
   }
@@ -682,23 +685,56 @@ torch::Tensor GroupNormAct(const torch::Tensor& x, const torch::Tensor& add,
 
 std::pair<torch::Tensor, torch::Tensor> AddLayerNorm(
     const torch::Tensor& x, const torch::Tensor& residual,
-    const torch::Tensor& weight, const torch::Tensor& bias, double eps) {
+    const torch::Tensor& weight, const torch::Tensor& bias, double eps,
+    const torch::Tensor& sum_addend) {
   const int64_t dim = x.size(-1);
   const bool kernel = LayerNormKernelTakes(x, residual, weight, bias);
-  if (NeedsGradient({&x, &residual, &weight, &bias})) {
+  // The sum output with the addend applied after normalizing.
+  auto shifted = [&](const torch::Tensor& sum) {
+    return sum_addend.defined() ? sum + sum_addend : sum;
+  };
+  if (NeedsGradient({&x, &residual, &weight, &bias, &sum_addend})) {
     if (UseFusedNode(kernel, x)) {
       variable_list out = AddLayerNormFunction::apply(
           x, AbsentAsEmpty(residual, x), weight, bias, eps, kernel);
-      if (residual.defined()) return {out[0], out[1]};
-      return {x, out[0]};
+      if (residual.defined()) return {shifted(out[0]), out[1]};
+      return {shifted(x), out[0]};
     }
-  } else if (kernel) {
-    auto [sum, y, stats] =
-        AddLayerNormFunction::Kernel(x, residual, weight, bias, eps, false);
+  } else if (kernel &&
+             (!sum_addend.defined() ||
+              (sum_addend.is_contiguous() && sum_addend.numel() == dim &&
+               sum_addend.scalar_type() == x.scalar_type() &&
+               Aligned16({&sum_addend})))) {
+    auto [sum, y, stats] = AddLayerNormFunction::Kernel(
+        x, residual, weight, bias, eps, false, sum_addend);
     return {sum, y};
   }
   torch::Tensor sum = residual.defined() ? x + residual : x;
-  return {sum, at::layer_norm(sum, {dim}, weight, bias, eps)};
+  return {shifted(sum), at::layer_norm(sum, {dim}, weight, bias, eps)};
+}
+
+torch::Tensor AddChannelBias(const torch::Tensor& a, const torch::Tensor& b,
+                             const torch::Tensor& bias) {
+#ifdef LPD_WITH_CUDA
+  if (KernelTakes(a) && a.scalar_type() != torch::kFloat32 && a.dim() == 4 &&
+      !NeedsGradient({&a, &b, &bias}) && b.sizes() == a.sizes() &&
+      b.scalar_type() == a.scalar_type() &&
+      bias.scalar_type() == a.scalar_type() && bias.is_contiguous() &&
+      a.is_contiguous(torch::MemoryFormat::ChannelsLast) &&
+      b.is_contiguous(torch::MemoryFormat::ChannelsLast) &&
+      a.size(1) % 8 == 0 && Aligned16({&a, &b, &bias})) {
+    torch::Tensor out = torch::empty_like(a, torch::MemoryFormat::ChannelsLast);
+    const int64_t channels = a.size(1);
+    Check(cuda::LaunchAddChannelBias(
+              ElementTypeOf(a), a.data_ptr(), b.data_ptr(), bias.data_ptr(),
+              out.data_ptr(), a.numel() / channels, channels, CurrentStream()),
+          "add-with-bias kernel");
+    return out;
+  }
+#endif
+  std::vector<int64_t> shape(a.dim(), 1);
+  shape[1] = bias.numel();
+  return a + b + bias.view(shape);
 }
 
 torch::Tensor Geglu(const torch::Tensor& x) {

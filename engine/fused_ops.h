@@ -23,10 +23,21 @@ torch::Tensor GroupNormAct(const torch::Tensor& x, const torch::Tensor& add,
                            const torch::Tensor& bias, double eps, bool silu);
 
 // s = x + residual and layer_norm(s) over the last dimension, in one pass
-// on the GPU. Returns {s, normalized}; without `residual`, s is x.
+// on the GPU. Returns {s, normalized}; without `residual`, s is x. With
+// `sum_addend` ([dim]) the first output is s + sum_addend (the layer norm
+// still normalizes s): the transformer block hands its feed-forward's bias
+// to the GEMM that accumulates onto it this way.
 std::pair<torch::Tensor, torch::Tensor> AddLayerNorm(
     const torch::Tensor& x, const torch::Tensor& residual,
-    const torch::Tensor& weight, const torch::Tensor& bias, double eps);
+    const torch::Tensor& weight, const torch::Tensor& bias, double eps,
+    const torch::Tensor& sum_addend = {});
+
+// a + b + bias[None, :, None, None] for [B, C, H, W] maps: a residual add
+// that also applies a convolution's bias. One kernel pass on channels-last
+// 16-bit CUDA tensors without gradients (instead of LibTorch's broadcast
+// bias add after the convolution, plus the add); plain ops otherwise.
+torch::Tensor AddChannelBias(const torch::Tensor& a, const torch::Tensor& b,
+                             const torch::Tensor& bias);
 
 // x [..., 2n] → x[..., :n] · gelu(x[..., n:]) (exact GELU).
 torch::Tensor Geglu(const torch::Tensor& x);

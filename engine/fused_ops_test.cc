@@ -82,6 +82,47 @@ TEST(FusedOpsTest, AddLayerNormReturnsTheSumAndItsNormalization) {
                               1e-5, 1e-6));
 }
 
+// The sum output carries the addend; the normalization does not see it.
+TEST(FusedOpsTest, AddLayerNormSumAddendShiftsOnlyTheSum) {
+  torch::manual_seed(7);
+  torch::Tensor x = torch::randn({2, 5, 16}), r = torch::randn({2, 5, 16});
+  torch::Tensor w = torch::rand({16}) + 0.5, b = torch::randn({16});
+  torch::Tensor addend = torch::randn({16});
+  auto [sum, normed] = AddLayerNorm(x, r, w, b, 1e-5, addend);
+  EXPECT_TRUE(torch::allclose(sum, x + r + addend, 1e-6, 1e-6));
+  EXPECT_TRUE(torch::allclose(
+      normed, torch::layer_norm(x + r, {16}, w, b, 1e-5), 1e-5, 1e-6));
+  auto [shifted, plain] = AddLayerNorm(x, {}, w, b, 1e-5, addend);
+  EXPECT_FALSE(shifted.is_same(x));
+  EXPECT_TRUE(torch::allclose(shifted, x + addend));
+  EXPECT_TRUE(torch::allclose(plain, torch::layer_norm(x, {16}, w, b, 1e-5),
+                              1e-5, 1e-6));
+}
+
+TEST(FusedOpsTest, AddChannelBiasAddsBothMapsAndTheBiasPerChannel) {
+  torch::manual_seed(8);
+  torch::Tensor a =
+      torch::randn({2, 8, 3, 4}).contiguous(torch::MemoryFormat::ChannelsLast);
+  torch::Tensor b = torch::randn({2, 8, 3, 4});
+  torch::Tensor bias = torch::randn({8});
+  torch::Tensor got = AddChannelBias(a, b, bias);
+  ASSERT_EQ(got.sizes(), a.sizes());
+  for (int64_t c = 0; c < 8; ++c) {
+    EXPECT_TRUE(torch::allclose(
+        got.select(1, c),
+        a.select(1, c) + b.select(1, c) + bias[c].item<float>(), 1e-6, 1e-6))
+        << "channel " << c;
+  }
+  // Gradients reach all three (the training path records plain ops).
+  torch::Tensor ga = a.clone().requires_grad_(),
+                gb = b.clone().requires_grad_(),
+                gbias = bias.clone().requires_grad_();
+  AddChannelBias(ga, gb, gbias).sum().backward();
+  EXPECT_TRUE(torch::allclose(gbias.grad(), torch::full({8}, 24.f)));
+  EXPECT_TRUE(torch::allclose(ga.grad(), torch::ones_like(a)));
+  EXPECT_TRUE(torch::allclose(gb.grad(), torch::ones_like(b)));
+}
+
 // The fused autograd nodes (what the GPU trains with) run their plain-op
 // formulas on the CPU when forced; their gradients must equal autograd's
 // through the plain ops.

@@ -327,7 +327,53 @@ absl::Status UNet2DConditionModelImpl::Build() {
   built_removed_.assign(units_.size(), false);
   for (const std::string& id : removed)
     built_removed_[unit_index_.at(id)] = true;
+  PackContextProjections();
   return absl::OkStatus();
+}
+
+void UNet2DConditionModelImpl::PackContextProjections() {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> weights;
+  int64_t row = 0;
+  for (const auto& [id, attention] : attentions_) {
+    for (const auto& [index, block] : attention->blocks) {
+      Attention cross = block->attn2;
+      cross->context_kv_offset = row;
+      for (const torch::Tensor& w :
+           {cross->to_k->weight, cross->to_v->weight}) {
+        weights.push_back(w);
+        row += w.size(0);
+      }
+      context_attentions_.push_back(cross);
+    }
+  }
+  if (weights.empty()) return;
+  context_kv_weight_ = at::cat(weights);
+  row = 0;
+  for (torch::Tensor& w : weights) {
+    const int64_t rows = w.size(0);
+    w.set_data(context_kv_weight_.narrow(0, row, rows));
+    row += rows;
+  }
+}
+
+bool UNet2DConditionModelImpl::ContextProjectionsPacked() const {
+  if (!context_kv_weight_.defined()) return false;
+  const auto* base = static_cast<const char*>(context_kv_weight_.data_ptr());
+  const int64_t row_bytes =
+      context_kv_weight_.stride(0) * context_kv_weight_.element_size();
+  for (const Attention& cross : context_attentions_) {
+    const torch::Tensor& k = cross->to_k->weight;
+    const torch::Tensor& v = cross->to_v->weight;
+    if (k.scalar_type() != context_kv_weight_.scalar_type() ||
+        v.scalar_type() != context_kv_weight_.scalar_type() ||
+        k.data_ptr() != base + cross->context_kv_offset * row_bytes ||
+        v.data_ptr() !=
+            base + (cross->context_kv_offset + k.size(0)) * row_bytes) {
+      return false;
+    }
+  }
+  return true;
 }
 
 std::vector<PrunableUnit> UNet2DConditionModelImpl::Units(
@@ -494,6 +540,11 @@ absl::StatusOr<UNetState> UNet2DConditionModelImpl::Begin(
         {in.text_embeds.to(device, torch::kFloat32), time_features}, -1);
     state.emb = state.emb + add_embedding(add.to(dtype));
   }
+  if (!torch::GradMode::is_enabled() && ContextProjectionsPacked()) {
+    FlopCounter::Add(2 * (state.context.numel() / state.context.size(-1)) *
+                     context_kv_weight_.numel());
+    state.context_kv = at::linear(state.context, context_kv_weight_);
+  }
   return state;
 }
 
@@ -527,7 +578,7 @@ void UNet2DConditionModelImpl::Run(UNetState& s, size_t first, size_t last,
       case UNetStep::Op::kTransformerBlock:
         s.tokens = attentions_.at(step.name)
                        ->Block(step.block_index)
-                       ->forward(s.tokens, s.context);
+                       ->forward(s.tokens, s.context, s.context_kv);
         break;
       case UNetStep::Op::kAttnExit:
         s.h = attentions_.at(step.name)->Exit(s.tokens, s.residual);

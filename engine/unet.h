@@ -90,6 +90,9 @@ struct UNetState {
   torch::Tensor tokens, residual;
   torch::Tensor emb;      // time (+ text-time) embedding [B, time_embed_dim]
   torch::Tensor context;  // encoder hidden states
+  // Without gradients: the context multiplied by every cross-attention's
+  // k/v weights in one GEMM, [B, L, Σ 2·inner] (AttentionImpl::forward).
+  torch::Tensor context_kv;
   BlockOutputs captures;
 };
 
@@ -171,6 +174,13 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   absl::Status Build();
   int AddUnit(const std::string& id, UnitKind kind, bool removable);
   bool Skipped(const UNetStep& step, const std::vector<bool>& mask) const;
+  // Moves every cross-attention's to_k and to_v weights into one buffer
+  // (each parameter a view of its rows, names and values unchanged), so
+  // that Begin projects the context for all of them in one GEMM.
+  void PackContextProjections();
+  // Whether the parameters still are views of that buffer (something that
+  // replaced them, such as module->to(), would have undone it).
+  bool ContextProjectionsPacked() const;
 
   UNetOptions options_;
   std::vector<PrunableUnit> units_;
@@ -186,6 +196,8 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   std::map<std::string, Transformer2DModel> attentions_;
   std::map<std::string, Downsample2D> downsamplers_;
   std::map<std::string, Upsample2D> upsamplers_;
+  torch::Tensor context_kv_weight_;            // [Σ 2·inner, cross_dim]
+  std::vector<Attention> context_attentions_;  // whose rows it holds
 };
 
 // The holder. `UNet2DConditionModelImpl::Create` builds the impl.

@@ -116,6 +116,16 @@ torch::Tensor Conv2dImpl::forward(const torch::Tensor& x) {
   return y;
 }
 
+torch::Tensor Conv2dImpl::ForwardWithoutBias(const torch::Tensor& x) {
+  torch::Tensor y =
+      at::conv2d(x, weight, {}, options.stride(), options.padding());
+  if (FlopCounter::active()) {
+    FlopCounter::Add(2 * y.numel() * weight.size(1) * weight.size(2) *
+                     weight.size(3));
+  }
+  return y;
+}
+
 LinearImpl::LinearImpl(const LinearOptions& o) : options(o) {
   weight = NewParameter(*this, "weight", {o.out_features(), o.in_features()},
                         o.tensor_options());
@@ -130,6 +140,19 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
                      weight.size(1));
   }
   return LinearOp(x, weight, bias);
+}
+
+torch::Tensor Conv2dImpl::ForwardPointwise(const torch::Tensor& rows) {
+  const int64_t out = weight.size(0), in = weight.size(1);
+  FlopCounter::Add(2 * (rows.numel() / in) * out * in);
+  return LinearOp(rows, weight.reshape({out, in}), bias);
+}
+
+void LinearImpl::AccumulateInto(const torch::Tensor& x, torch::Tensor& out) {
+  const int64_t rows = x.numel() / x.size(-1);
+  FlopCounter::Add(2 * rows * weight.size(0) * weight.size(1));
+  out.view({rows, weight.size(0)})
+      .addmm_(x.reshape({rows, weight.size(1)}), weight.t());
 }
 
 GroupNormImpl::GroupNormImpl(const GroupNormOptions& o) : options(o) {
@@ -204,11 +227,15 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o)
 
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x,
                                          const torch::Tensor& temb) {
-  torch::Tensor h = conv1(norm1->ForwardSilu(x));
-  // norm2 takes the time embedding as its addend: silu(norm2(h + t)).
-  h = conv2(norm2->ForwardSilu(h, time_emb_proj(at::silu(temb))));
-  torch::Tensor shortcut = conv_shortcut ? conv_shortcut(x) : x;
-  torch::Tensor out = shortcut + h;
+  torch::Tensor h = conv1->ForwardWithoutBias(norm1->ForwardSilu(x));
+  // norm2 takes the time embedding, plus conv1's bias, as its addend:
+  // silu(norm2(h + t)).
+  h = norm2->ForwardSilu(h, time_emb_proj(at::silu(temb)) + conv1->bias);
+  h = conv2->ForwardWithoutBias(h);
+  torch::Tensor out = conv_shortcut
+                          ? AddChannelBias(conv_shortcut->ForwardWithoutBias(x),
+                                           h, conv2->bias + conv_shortcut->bias)
+                          : AddChannelBias(x, h, conv2->bias);
   if (options.output_scale_factor() != 1.0) {
     out = out / options.output_scale_factor();
   }
@@ -254,7 +281,8 @@ std::vector<torch::Tensor> AttentionImpl::ProjectionWeights() const {
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x,
-                                     const torch::Tensor& context) {
+                                     const torch::Tensor& context,
+                                     const torch::Tensor& context_kv) {
   const int64_t batch = x.size(0);
   const int64_t heads = options.heads();
   const int64_t head_dim = options.head_dim();
@@ -262,9 +290,18 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x,
   auto split_heads = [&](const torch::Tensor& t) {
     return t.view({batch, -1, heads, head_dim}).transpose(1, 2);
   };
-  // One GEMM for q, k and v (self-attention) or for k and v (cross).
   torch::Tensor q, k, v;
   const bool self_attention = x.is_same(context);
+  if (!self_attention && context_kv.defined() && context_kv_offset >= 0 &&
+      !torch::GradMode::is_enabled()) {
+    auto kv = context_kv.narrow(-1, context_kv_offset, 2 * heads * head_dim)
+                  .chunk(2, -1);
+    torch::Tensor out =
+        ScaledDotProductAttention(split_heads(to_q(x)), split_heads(kv[0]),
+                                  split_heads(kv[1]), options.upcast());
+    return to_out_0(out.transpose(1, 2).reshape({batch, -1, heads * head_dim}));
+  }
+  // One GEMM for q, k and v (self-attention) or for k and v (cross).
   const std::vector<torch::Tensor> weights =
       self_attention
           ? std::vector<torch::Tensor>{to_q->weight, to_k->weight, to_v->weight}
@@ -320,15 +357,24 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(
       net->Add(2, Linear(LinearOptions(inner, o.dim()).tensor_options(to)));
 }
 
-torch::Tensor BasicTransformerBlockImpl::forward(const torch::Tensor& x,
-                                                 const torch::Tensor& context) {
+torch::Tensor BasicTransformerBlockImpl::forward(
+    const torch::Tensor& x, const torch::Tensor& context,
+    const torch::Tensor& context_kv) {
   // Each residual add is fused with the layer norm that follows it.
   auto [h, n] = AddLayerNorm(x, {}, norm1->weight, norm1->bias, 1e-5);
   std::tie(h, n) =
       AddLayerNorm(attn1(n, n), h, norm2->weight, norm2->bias, 1e-5);
+  const torch::Tensor cross = attn2(n, context, context_kv);
+  if (torch::GradMode::is_enabled()) {
+    std::tie(h, n) = AddLayerNorm(cross, h, norm3->weight, norm3->bias, 1e-5);
+    return ff_out(Geglu(ff_proj(n))) + h;
+  }
+  // The last residual add rides on the feed-forward's last GEMM: the norm's
+  // sum output carries ff_out's bias, and the GEMM accumulates onto it.
   std::tie(h, n) =
-      AddLayerNorm(attn2(n, context), h, norm3->weight, norm3->bias, 1e-5);
-  return ff_out(Geglu(ff_proj(n))) + h;
+      AddLayerNorm(cross, h, norm3->weight, norm3->bias, 1e-5, ff_out->bias);
+  ff_out->AccumulateInto(Geglu(ff_proj(n)), h);
+  return h;
 }
 
 Transformer2DModelImpl::Transformer2DModelImpl(
@@ -368,22 +414,18 @@ Transformer2DModelImpl::Transformer2DModelImpl(
 
 torch::Tensor Transformer2DModelImpl::Enter(const torch::Tensor& x) {
   const int64_t b = x.size(0), c = x.size(1);
-  torch::Tensor h = norm(x);
-  if (proj_in_conv) h = proj_in_conv(h);
-  h = h.permute({0, 2, 3, 1}).reshape({b, -1, c});  // [B, HW, C]
-  if (proj_in_linear) h = proj_in_linear(h);
-  return h;
+  // [B, HW, C]: a view when x is channels-last.
+  torch::Tensor h = norm(x).permute({0, 2, 3, 1}).reshape({b, -1, c});
+  return proj_in_conv ? proj_in_conv->ForwardPointwise(h) : proj_in_linear(h);
 }
 
 torch::Tensor Transformer2DModelImpl::Exit(const torch::Tensor& tokens,
                                            const torch::Tensor& residual) {
   const int64_t b = residual.size(0), c = residual.size(1);
   const int64_t height = residual.size(2), width = residual.size(3);
-  torch::Tensor h = tokens;
-  if (proj_out_linear) h = proj_out_linear(h);
-  h = h.reshape({b, height, width, c}).permute({0, 3, 1, 2});
-  if (proj_out_conv) h = proj_out_conv(h);
-  return h + residual;
+  torch::Tensor h = proj_out_conv ? proj_out_conv->ForwardPointwise(tokens)
+                                  : proj_out_linear(tokens);
+  return h.reshape({b, height, width, c}).permute({0, 3, 1, 2}) + residual;
 }
 
 BasicTransformerBlock Transformer2DModelImpl::Block(int64_t index) const {

@@ -76,6 +76,13 @@ class Conv2dImpl : public torch::nn::Module {
  public:
   explicit Conv2dImpl(const Conv2dOptions& options);
   torch::Tensor forward(const torch::Tensor& x);
+  // The convolution without its bias, for callers that apply the bias in a
+  // later pass they make anyway (ResnetBlock2D).
+  torch::Tensor ForwardWithoutBias(const torch::Tensor& x);
+  // A 1×1 convolution applied to pixels given as rows [..., in_channels]
+  // (a channels-last map's token view): one GEMM with the bias in its
+  // epilogue, instead of a convolution plus a broadcast bias pass.
+  torch::Tensor ForwardPointwise(const torch::Tensor& rows);
 
   Conv2dOptions options;
   torch::Tensor weight, bias;
@@ -96,6 +103,10 @@ class LinearImpl : public torch::nn::Module {
  public:
   explicit LinearImpl(const LinearOptions& options);
   torch::Tensor forward(const torch::Tensor& x);
+  // out += x·weightᵀ in place, one GEMM that reads `out` as its addend;
+  // the bias is not added (the caller folded it into `out`). `out` is
+  // contiguous with x's leading shape and out_features columns.
+  void AccumulateInto(const torch::Tensor& x, torch::Tensor& out);
 
   LinearOptions options;
   torch::Tensor weight, bias;
@@ -194,6 +205,9 @@ struct ResnetBlock2DOptions {
 // out = (shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) +
 // proj(silu(t))))))
 //       / output_scale_factor, with a 1×1 `conv_shortcut` when channels change.
+// The convolutions' biases ride on passes made anyway: conv1's joins the
+// time embedding in norm2's [B, C] addend, conv2's and the shortcut's are
+// applied in the residual add (AddChannelBias).
 class ResnetBlock2DImpl : public torch::nn::Module {
  public:
   explicit ResnetBlock2DImpl(const ResnetBlock2DOptions& options);
@@ -224,9 +238,17 @@ class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const AttentionOptions& options);
   // x [B, N, query_dim], context [B, M, cross_dim] (or x itself) → x's shape.
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context);
+  // `context_kv`, when given and no gradient is recorded, is the context
+  // already multiplied by many cross-attentions' packed k/v weights
+  // ([B, M, ...]); this attention takes its columns from
+  // `context_kv_offset` on instead of projecting the context itself.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context,
+                        const torch::Tensor& context_kv = {});
 
   AttentionOptions options;
+  // Where this cross-attention's to_k rows (then to_v's) start in the
+  // buffer the model packed them into (UNet2DConditionModelImpl), or -1.
+  int64_t context_kv_offset = -1;
   Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
   NumberedModules to_out{nullptr};
   Linear to_out_0{nullptr};
@@ -258,8 +280,11 @@ struct BasicTransformerBlockOptions {
 class BasicTransformerBlockImpl : public torch::nn::Module {
  public:
   explicit BasicTransformerBlockImpl(const BasicTransformerBlockOptions& o);
-  // x [B, N, dim], context [B, M, cross_attention_dim] → [B, N, dim].
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context);
+  // x [B, N, dim], context [B, M, cross_attention_dim] → [B, N, dim];
+  // `context_kv` as in AttentionImpl::forward, for attn2. Without gradients
+  // the feed-forward's residual add is folded into its last GEMM.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context,
+                        const torch::Tensor& context_kv = {});
 
   LayerNorm norm1{nullptr}, norm2{nullptr}, norm3{nullptr};
   Attention attn1{nullptr}, attn2{nullptr};

@@ -420,6 +420,34 @@ __global__ void GegluVecKernel(const T* __restrict__ x, T* __restrict__ y,
   }
 }
 
+// out = a + b + bias[c] over [rows, channels] row-major 16-bit data (a
+// channels-last feature map), eight elements per thread: channels a multiple
+// of 8, pointers 16-byte aligned.
+template <typename T>
+__global__ void AddChannelBiasVecKernel(const T* __restrict__ a,
+                                        const T* __restrict__ b,
+                                        const T* __restrict__ bias,
+                                        T* __restrict__ out,
+                                        int64_t total_octets,
+                                        int64_t channel_octets) {
+  const auto* av = reinterpret_cast<const uint4*>(a);
+  const auto* bv = reinterpret_cast<const uint4*>(b);
+  const auto* biasv = reinterpret_cast<const uint4*>(bias);
+  auto* ov = reinterpret_cast<uint4*>(out);
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+       i < total_octets; i += int64_t{gridDim.x} * blockDim.x) {
+    float x[8], y[8], c[8];
+    Octet<T>{av[i]}.ToFloat(x);
+    Octet<T>{bv[i]}.ToFloat(y);
+    Octet<T>{biasv[i % channel_octets]}.ToFloat(c);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) x[k] = x[k] + y[k] + c[k];
+    Octet<T> o;
+    o.FromFloat(x);
+    ov[i] = o.raw;
+  }
+}
+
 // GegluBackwardKernel, eight elements per thread (as GegluVecKernel).
 template <typename T>
 __global__ void GegluBackwardVecKernel(const T* __restrict__ x,
@@ -867,6 +895,7 @@ __global__ void AddLayerNormKernel(const T* __restrict__ x,
                                    const T* __restrict__ residual,
                                    const T* __restrict__ weight,
                                    const T* __restrict__ bias,
+                                   const T* __restrict__ sum_addend,
                                    T* __restrict__ sum_out, T* __restrict__ y,
                                    float2* __restrict__ stats, int64_t rows,
                                    int64_t dim, float eps) {
@@ -889,6 +918,15 @@ __global__ void AddLayerNormKernel(const T* __restrict__ x,
         float r[8];
         Octet<T>{rr[j]}.ToFloat(r);
         for (int i = 0; i < 8; ++i) v[k][i] += r[i];
+      }
+      if (sum_addend != nullptr) {
+        float a[8], shifted[8];
+        Octet<T>{reinterpret_cast<const uint4*>(sum_addend)[j]}.ToFloat(a);
+        for (int i = 0; i < 8; ++i) shifted[i] = v[k][i] + a[i];
+        Octet<T> s;
+        s.FromFloat(shifted);
+        reinterpret_cast<uint4*>(sum_out + row * dim)[j] = s.raw;
+      } else if (rr != nullptr) {
         Octet<T> s;
         s.FromFloat(v[k]);
         reinterpret_cast<uint4*>(sum_out + row * dim)[j] = s.raw;
@@ -933,17 +971,18 @@ __global__ void AddLayerNormKernel(const T* __restrict__ x,
 
 template <typename T, int kVecs>
 cudaError_t AddLayerNormTyped(const void* x, const void* residual,
-                              const void* weight, const void* bias, void* sum,
-                              void* y, void* stats, int64_t rows, int64_t dim,
-                              float eps, cudaStream_t stream) {
+                              const void* weight, const void* bias,
+                              const void* sum_addend, void* sum, void* y,
+                              void* stats, int64_t rows, int64_t dim, float eps,
+                              cudaStream_t stream) {
   constexpr int kRowsPerBlock = 8;  // 8 warps
   const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
   AddLayerNormKernel<T, kVecs>
       <<<static_cast<unsigned>(blocks), 32 * kRowsPerBlock, 0, stream>>>(
           static_cast<const T*>(x), static_cast<const T*>(residual),
           static_cast<const T*>(weight), static_cast<const T*>(bias),
-          static_cast<T*>(sum), static_cast<T*>(y), static_cast<float2*>(stats),
-          rows, dim, eps);
+          static_cast<const T*>(sum_addend), static_cast<T*>(sum),
+          static_cast<T*>(y), static_cast<float2*>(stats), rows, dim, eps);
   return cudaGetLastError();
 }
 
@@ -1099,20 +1138,21 @@ cudaError_t LaunchAddLayerNorm(ElementType type, const void* x,
                                const void* residual, const void* weight,
                                const void* bias, void* sum, void* y,
                                int64_t rows, int64_t dim, float eps,
-                               cudaStream_t stream, void* stats) {
+                               cudaStream_t stream, void* stats,
+                               const void* sum_addend) {
   if (dim % 8 != 0 || dim > kMaxLayerNormDim) return cudaErrorInvalidValue;
   // Registers per lane: ceil(dim / 8 / 32) vectors of 8 16-bit elements.
   const int64_t vecs_per_lane = (dim / 8 + 31) / 32;
   auto launch = [&](auto typed) {
     using T = decltype(typed);
     if (vecs_per_lane <= 2)
-      return AddLayerNormTyped<T, 2>(x, residual, weight, bias, sum, y, stats,
-                                     rows, dim, eps, stream);
+      return AddLayerNormTyped<T, 2>(x, residual, weight, bias, sum_addend, sum,
+                                     y, stats, rows, dim, eps, stream);
     if (vecs_per_lane <= 4)
-      return AddLayerNormTyped<T, 4>(x, residual, weight, bias, sum, y, stats,
-                                     rows, dim, eps, stream);
-    return AddLayerNormTyped<T, 8>(x, residual, weight, bias, sum, y, stats,
-                                   rows, dim, eps, stream);
+      return AddLayerNormTyped<T, 4>(x, residual, weight, bias, sum_addend, sum,
+                                     y, stats, rows, dim, eps, stream);
+    return AddLayerNormTyped<T, 8>(x, residual, weight, bias, sum_addend, sum,
+                                   y, stats, rows, dim, eps, stream);
   };
   switch (type) {
     case ElementType::kBFloat16:
@@ -1192,6 +1232,29 @@ size_t GroupNormBackwardWorkspaceBytes(int64_t batch, int64_t hw,
   return static_cast<size_t>((batch * splits + batch) * channels * 3) *
              sizeof(float) +
          static_cast<size_t>(batch * groups) * sizeof(float2);
+}
+
+cudaError_t LaunchAddChannelBias(ElementType type, const void* a, const void* b,
+                                 const void* bias, void* out, int64_t rows,
+                                 int64_t channels, cudaStream_t stream) {
+  if (type == ElementType::kFloat32 ||
+      !Vectorizable(channels, {a, b, bias, out}))
+    return cudaErrorInvalidValue;
+  const int64_t total_octets = rows * channels / 8;
+  const int grid = GridFor(total_octets);
+  if (type == ElementType::kBFloat16) {
+    AddChannelBiasVecKernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(a),
+        static_cast<const __nv_bfloat16*>(b),
+        static_cast<const __nv_bfloat16*>(bias),
+        static_cast<__nv_bfloat16*>(out), total_octets, channels / 8);
+  } else {
+    AddChannelBiasVecKernel<__half><<<grid, kThreads, 0, stream>>>(
+        static_cast<const __half*>(a), static_cast<const __half*>(b),
+        static_cast<const __half*>(bias), static_cast<__half*>(out),
+        total_octets, channels / 8);
+  }
+  return cudaGetLastError();
 }
 
 cudaError_t LaunchGroupNormNhwcBackward(

@@ -62,13 +62,24 @@ cudaError_t LaunchColumnSum(ElementType type, const void* x, void* out,
 // residual: s = x + residual (written to `sum` when residual is given),
 // y = (s − mean) · rstd · weight + bias. 16-bit types only (bf16, fp16);
 // dim must be a multiple of 8 and at most kMaxLayerNormDim. When `stats`
-// (float [rows, 2]) is given, each row's mean and rstd go there.
+// (float [rows, 2]) is given, each row's mean and rstd go there. With a
+// `sum_addend` ([dim]), `sum` receives s + sum_addend instead of s (with or
+// without a residual); the normalization still sees s.
 inline constexpr int64_t kMaxLayerNormDim = 2048;
 cudaError_t LaunchAddLayerNorm(ElementType type, const void* x,
                                const void* residual, const void* weight,
                                const void* bias, void* sum, void* y,
                                int64_t rows, int64_t dim, float eps,
-                               cudaStream_t stream, void* stats = nullptr);
+                               cudaStream_t stream, void* stats = nullptr,
+                               const void* sum_addend = nullptr);
+
+// out[r, c] = a[r, c] + b[r, c] + bias[c] over row-major [rows, channels]
+// 16-bit data (a channels-last [B, C, H, W] map is [B·H·W, C]), summed in
+// float: a residual add that also applies a convolution's bias. channels a
+// multiple of 8, pointers 16-byte aligned (cudaErrorInvalidValue otherwise).
+cudaError_t LaunchAddChannelBias(ElementType type, const void* a, const void* b,
+                                 const void* bias, void* out, int64_t rows,
+                                 int64_t channels, cudaStream_t stream);
 
 // Backward of LaunchAddLayerNorm from s (its sum, or x without a residual),
 // its stats and dy (the gradient of y); dsum (the gradient of the sum

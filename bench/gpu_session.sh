@@ -78,6 +78,18 @@ EOF
   echo "tiny job, distill.gpus $gpus: $((SECONDS - start)) s"
 }
 
+# The tiny reference models' float32 forward on CUDA against their vectors.
+tiny_forward_checks() {
+  for m in tiny-sd15 tiny-sdxl; do
+    build-gpu/worker/lpd-worker forward --model .gpu-data/$m \
+      --inputs .gpu-data/$m/vectors.safetensors --out out/$m.safetensors \
+      --device cuda --dtype float32 >/dev/null &&
+      echo "== $m cuda float32 vs reference" &&
+      python3 bench/compare_outputs.py out/$m.safetensors \
+        .gpu-data/$m/vectors.safetensors --tol 1e-3 | tail -1
+  done
+}
+
 case ${1:-} in
   dp)
     build
@@ -161,14 +173,7 @@ EOF
       gzip -f "$t"
     done
     if has forward; then
-      for m in tiny-sd15 tiny-sdxl; do
-        build-gpu/worker/lpd-worker forward --model .gpu-data/$m \
-          --inputs .gpu-data/$m/vectors.safetensors --out out/$m.safetensors \
-          --device cuda --dtype float32 >/dev/null &&
-          echo "== $m cuda float32 vs reference" &&
-          python3 bench/compare_outputs.py out/$m.safetensors \
-            .gpu-data/$m/vectors.safetensors --tol 1e-3 | tail -1
-      done
+      tiny_forward_checks
       build-gpu/bench/unet_forward --mode graph --iters 30 2>&1 |
         grep -v Warning | tee "$out/unet-forward.txt"
     fi
@@ -198,14 +203,7 @@ EOF
       build-gpu/bench/distill_step --case $1 --steps 10 \
         --concurrent-teacher $2 2>&1 | grep -v Warning | tail -2
     done
-    for m in tiny-sd15 tiny-sdxl; do
-      build-gpu/worker/lpd-worker forward --model .gpu-data/$m \
-        --inputs .gpu-data/$m/vectors.safetensors --out out/$m.safetensors \
-        --device cuda --dtype float32 >/dev/null &&
-        echo "== $m cuda float32 vs reference" &&
-        python3 bench/compare_outputs.py out/$m.safetensors \
-          .gpu-data/$m/vectors.safetensors --tol 1e-3 | tail -1
-    done
+    tiny_forward_checks
     for run in 1 2; do
       echo "== unet_forward, run $run"
       build-gpu/bench/unet_forward --mode graph --iters 30 2>&1 |

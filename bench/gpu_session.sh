@@ -27,6 +27,9 @@
 #                               one GPU: unet_forward for SDXL in every
 #                               mode with Kineto traces, summarized (with
 #                               UNET_PROFILE=1 unet_profile for SDXL first)
+#   bench/gpu_session.sh checks the fused kernels against the plain ops
+#                               (unet_forward), and the tiny-sd15 job on one
+#                               GPU through lpd-worker run
 #   bench/gpu_session.sh final  the kernel and graph checks and SD-v1.5, then
 #                               the SDXL cases with the teacher's forward
 #                               concurrent and not, the tiny models' CUDA
@@ -193,6 +196,13 @@ EOF
       gzip -f "$t"
     done
     ;;
+  checks)
+    BUILD_TARGETS="unet_forward lpd-worker" build
+    build-gpu/bench/unet_forward --case sdxl --mode graph --iters 10 2>&1 |
+      grep -E 'check|fused vs|graph'
+    tiny_job 1
+    grep -E "CUDA graph" "$out/dp-job-1.log"
+    ;;
   final)
     BUILD_TARGETS="distill_step unet_forward lpd-worker" build
     build-gpu/bench/distill_step --case sd15 --steps 10 --check-kernels 2>&1 |
@@ -211,7 +221,7 @@ EOF
     done
     ;;
   *)
-    echo "usage: $0 dp|gate|rows|scaling|speed|final" >&2
+    echo "usage: $0 dp|gate|rows|scaling|speed|forward|checks|final" >&2
     exit 2
     ;;
 esac

@@ -763,6 +763,8 @@ absl::StatusOr<nlohmann::json> Distill(Job& job) {
   if (!trainer->cuda_graph_failure().ok()) {
     job.Log(absl::StrCat("DISTILL: steps ran without a CUDA graph: ",
                          trainer->cuda_graph_failure().message()));
+  } else if (trainer->replaying_cuda_graph()) {
+    job.Log("DISTILL: steps replayed from a CUDA graph");
   }
   if (!trained.ok()) {
     if (!stopped.ok()) {

@@ -54,9 +54,12 @@ void Sync(torch::Device device) {
   if (device.is_cuda()) torch::cuda::synchronize();
 }
 
+// Starts the peak-memory count from what is in use now: blocks cached by
+// earlier cases or checks in this process are released first.
 void ResetPeak(torch::Device device) {
 #ifdef LPD_WITH_CUDA
   if (device.is_cuda()) {
+    c10::cuda::CUDACachingAllocator::emptyCache();
     c10::cuda::CUDACachingAllocator::resetPeakStats(
         device.index() < 0 ? 0 : device.index());
   }
@@ -314,7 +317,7 @@ int RunCase(const std::string& name, const std::string& file, int64_t batch,
   const double median = seconds[seconds.size() / 2];
   std::printf(
       "%s: batch %ld %ldx%ld, student %.3f G params: %.1f ms/step, "
-      "%.1f samples/s, peak GPU memory %.1f GiB\n",
+      "%.1f samples/s, peak GPU memory %.2f GiB\n",
       name.c_str(), static_cast<long>(batch), static_cast<long>(size),
       static_cast<long>(size), (*trainer)->student()->NumParameters() / 1e9,
       median * 1e3, batch / median, PeakGiB(device));

@@ -31,7 +31,7 @@
 #                               (unet_forward), and the tiny-sd15 job on one
 #                               GPU through lpd-worker run
 #   bench/gpu_session.sh final  the kernel and graph checks and SD-v1.5, then
-#                               the SDXL cases with the teacher's forward
+#                               every case with the teacher's forward
 #                               concurrent and not, the tiny models' CUDA
 #                               forward against the reference vectors, then
 #                               unet_forward twice
@@ -207,7 +207,8 @@ EOF
     BUILD_TARGETS="distill_step unet_forward lpd-worker" build
     build-gpu/bench/distill_step --case sd15 --steps 10 --check-kernels 2>&1 |
       grep -v Warning | grep -v 'check Float'
-    for run in "sdxl on" "sdxl off" "sdxl-pruned on" "sdxl-pruned off"; do
+    for run in "sd15 off" "sdxl on" "sdxl off" "sdxl-pruned on" \
+      "sdxl-pruned off"; do
       set -- $run
       echo "== $1, --concurrent-teacher $2"
       build-gpu/bench/distill_step --case $1 --steps 10 \

@@ -126,6 +126,12 @@ torch::Tensor Conv2dImpl::ForwardWithoutBias(const torch::Tensor& x) {
   return y;
 }
 
+torch::Tensor Conv2dImpl::ForwardPointwise(const torch::Tensor& rows) {
+  const int64_t out = weight.size(0), in = weight.size(1);
+  FlopCounter::Add(2 * (rows.numel() / in) * out * in);
+  return LinearOp(rows, weight.reshape({out, in}), bias);
+}
+
 LinearImpl::LinearImpl(const LinearOptions& o) : options(o) {
   weight = NewParameter(*this, "weight", {o.out_features(), o.in_features()},
                         o.tensor_options());
@@ -140,12 +146,6 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
                      weight.size(1));
   }
   return LinearOp(x, weight, bias);
-}
-
-torch::Tensor Conv2dImpl::ForwardPointwise(const torch::Tensor& rows) {
-  const int64_t out = weight.size(0), in = weight.size(1);
-  FlopCounter::Add(2 * (rows.numel() / in) * out * in);
-  return LinearOp(rows, weight.reshape({out, in}), bias);
 }
 
 void LinearImpl::AccumulateInto(const torch::Tensor& x, torch::Tensor& out) {

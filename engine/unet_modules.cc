@@ -107,18 +107,17 @@ Conv2dImpl::Conv2dImpl(const Conv2dOptions& o) : options(o) {
 }
 
 torch::Tensor Conv2dImpl::forward(const torch::Tensor& x) {
-  torch::Tensor y =
-      at::conv2d(x, weight, bias, options.stride(), options.padding());
-  if (FlopCounter::active()) {
-    FlopCounter::Add(2 * y.numel() * weight.size(1) * weight.size(2) *
-                     weight.size(3));
-  }
-  return y;
+  return Convolve(x, bias);
 }
 
 torch::Tensor Conv2dImpl::ForwardWithoutBias(const torch::Tensor& x) {
+  return Convolve(x, {});
+}
+
+torch::Tensor Conv2dImpl::Convolve(const torch::Tensor& x,
+                                   const torch::Tensor& with_bias) {
   torch::Tensor y =
-      at::conv2d(x, weight, {}, options.stride(), options.padding());
+      at::conv2d(x, weight, with_bias, options.stride(), options.padding());
   if (FlopCounter::active()) {
     FlopCounter::Add(2 * y.numel() * weight.size(1) * weight.size(2) *
                      weight.size(3));
@@ -290,40 +289,34 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x,
   auto split_heads = [&](const torch::Tensor& t) {
     return t.view({batch, -1, heads, head_dim}).transpose(1, 2);
   };
-  torch::Tensor q, k, v;
   const bool self_attention = x.is_same(context);
+  // q, k, v as [B, N, H·D]: k and v from the model's packed projection of
+  // the context when given, otherwise one GEMM for q, k and v
+  // (self-attention) or for k and v (cross).
+  std::vector<torch::Tensor> qkv;
   if (!self_attention && context_kv.defined() && context_kv_offset >= 0 &&
       !torch::GradMode::is_enabled()) {
-    auto kv = context_kv.narrow(-1, context_kv_offset, 2 * heads * head_dim)
-                  .chunk(2, -1);
-    torch::Tensor out =
-        ScaledDotProductAttention(split_heads(to_q(x)), split_heads(kv[0]),
-                                  split_heads(kv[1]), options.upcast());
-    return to_out_0(out.transpose(1, 2).reshape({batch, -1, heads * head_dim}));
-  }
-  // One GEMM for q, k and v (self-attention) or for k and v (cross).
-  const std::vector<torch::Tensor> weights =
-      self_attention
-          ? std::vector<torch::Tensor>{to_q->weight, to_k->weight, to_v->weight}
-          : std::vector<torch::Tensor>{to_k->weight, to_v->weight};
-  const torch::Tensor& fused_input = self_attention ? x : context;
-  if (FlopCounter::active()) {
-    int64_t weight_numel = 0;
-    for (const torch::Tensor& w : weights) weight_numel += w.numel();
-    FlopCounter::Add(2 * (fused_input.numel() / fused_input.size(-1)) *
-                     weight_numel);
-  }
-  auto parts =
-      LinearOfStacked(fused_input, weights).chunk(self_attention ? 3 : 2, -1);
-  if (self_attention) {
-    q = parts[0], k = parts[1], v = parts[2];
+    qkv = context_kv.narrow(-1, context_kv_offset, 2 * heads * head_dim)
+              .chunk(2, -1);
   } else {
-    q = to_q(x), k = parts[0], v = parts[1];
+    const std::vector<torch::Tensor> weights =
+        self_attention ? std::vector<torch::Tensor>{to_q->weight, to_k->weight,
+                                                    to_v->weight}
+                       : std::vector<torch::Tensor>{to_k->weight, to_v->weight};
+    const torch::Tensor& fused_input = self_attention ? x : context;
+    if (FlopCounter::active()) {
+      int64_t weight_numel = 0;
+      for (const torch::Tensor& w : weights) weight_numel += w.numel();
+      FlopCounter::Add(2 * (fused_input.numel() / fused_input.size(-1)) *
+                       weight_numel);
+    }
+    qkv = LinearOfStacked(fused_input, weights)
+              .chunk(static_cast<int64_t>(weights.size()), -1);
   }
-  q = split_heads(q);
-  k = split_heads(k);
-  v = split_heads(v);
-  torch::Tensor out = ScaledDotProductAttention(q, k, v, options.upcast());
+  if (!self_attention) qkv.insert(qkv.begin(), to_q(x));
+  torch::Tensor out =
+      ScaledDotProductAttention(split_heads(qkv[0]), split_heads(qkv[1]),
+                                split_heads(qkv[2]), options.upcast());
   out = out.transpose(1, 2).reshape({batch, -1, heads * head_dim});
   return to_out_0(out);
 }

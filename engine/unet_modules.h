@@ -86,6 +86,11 @@ class Conv2dImpl : public torch::nn::Module {
 
   Conv2dOptions options;
   torch::Tensor weight, bias;
+
+ private:
+  // The convolution with `with_bias` (bias or none), its FLOPs counted.
+  torch::Tensor Convolve(const torch::Tensor& x,
+                         const torch::Tensor& with_bias);
 };
 TORCH_MODULE(Conv2d);
 

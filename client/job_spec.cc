@@ -28,10 +28,14 @@
 #include "absl/strings/str_split.h"
 #include "absl/types/span.h"
 #include "common/status_macros.h"
+#include "google/protobuf/descriptor.h"
 
 namespace lpd::client {
 namespace {
 
+using ::google::protobuf::EnumDescriptor;
+using ::google::protobuf::EnumValueDescriptor;
+using ::google::protobuf::FileDescriptor;
 using ::lpd::v1::CompressionJob;
 using ::lpd::v1::Criterion;
 using ::lpd::v1::DataSpec;
@@ -49,52 +53,67 @@ using ::lpd::v1::PruneUnit;
 // ---------------------------------------------------------------------------
 // Enum spellings.
 
-template <typename E>
-struct EnumName {
-  absl::string_view name;
-  E value;
-};
+// The enums whose *_UNSPECIFIED value is spelled "auto" (the worker decides);
+// that value of the other enums has no spelling.
+constexpr absl::string_view kAutoEnums[] = {
+    "lpd.v1.PredictionType", "lpd.v1.Precision", "lpd.v1.Device"};
 
-constexpr EnumName<PredictionType> kPredictionTypes[] = {
-    {"auto", lpd::v1::PREDICTION_TYPE_UNSPECIFIED},
-    {"epsilon", lpd::v1::PREDICTION_TYPE_EPSILON},
-    {"v_prediction", lpd::v1::PREDICTION_TYPE_V_PREDICTION},
-};
-constexpr EnumName<Criterion> kCriteria[] = {
-    {"output_loss", lpd::v1::CRITERION_OUTPUT_LOSS},
-    {"magnitude", lpd::v1::CRITERION_MAGNITUDE},
-    {"random", lpd::v1::CRITERION_RANDOM},
-    {"handcrafted", lpd::v1::CRITERION_HANDCRAFTED},
-};
-constexpr EnumName<PruneUnit> kPruneUnits[] = {
-    {"resnet", lpd::v1::PRUNE_UNIT_RESNET},
-    {"attention", lpd::v1::PRUNE_UNIT_ATTENTION},
-    {"transformer_block", lpd::v1::PRUNE_UNIT_TRANSFORMER_BLOCK},
-};
-constexpr EnumName<Precision> kPrecisions[] = {
-    {"auto", lpd::v1::PRECISION_UNSPECIFIED},
-    {"bf16", lpd::v1::PRECISION_BF16},
-    {"fp32", lpd::v1::PRECISION_FP32},
-};
-constexpr EnumName<Device> kDevices[] = {
-    {"auto", lpd::v1::DEVICE_UNSPECIFIED},
-    {"cpu", lpd::v1::DEVICE_CPU},
-    {"cuda", lpd::v1::DEVICE_CUDA},
-};
-
-template <typename E>
-absl::string_view NameIn(absl::Span<const EnumName<E>> table, E value) {
-  for (const auto& entry : table) {
-    if (entry.value == value) return entry.name;
+// The YAML spelling of `value`: its name without the enum's prefix (the
+// name of the zero value, less "UNSPECIFIED"), in lower case.
+std::string SpellingByRule(const EnumValueDescriptor& value) {
+  const EnumDescriptor& type = *value.type();
+  if (value.number() == 0) {
+    const bool is_auto = std::find(std::begin(kAutoEnums), std::end(kAutoEnums),
+                                   type.full_name()) != std::end(kAutoEnums);
+    return is_auto ? "auto" : "";
   }
-  return {};
+  const absl::string_view prefix =
+      absl::StripSuffix(type.FindValueByNumber(0)->name(), "UNSPECIFIED");
+  return absl::AsciiStrToLower(absl::StripPrefix(value.name(), prefix));
 }
 
-template <typename E>
-std::vector<absl::string_view> NamesOf(absl::Span<const EnumName<E>> table) {
+// SpellingByRule, computed once for every enum of job_spec.proto.
+absl::string_view Spelling(const EnumValueDescriptor& value) {
+  static const auto* const spellings = [] {
+    auto* table =
+        new absl::flat_hash_map<const EnumValueDescriptor*, std::string>;
+    const FileDescriptor& file = *CompressionJob::descriptor()->file();
+    for (int i = 0; i < file.enum_type_count(); ++i) {
+      const EnumDescriptor& type = *file.enum_type(i);
+      for (int j = 0; j < type.value_count(); ++j) {
+        table->emplace(type.value(j), SpellingByRule(*type.value(j)));
+      }
+    }
+    return table;
+  }();
+  const auto it = spellings->find(&value);
+  return it == spellings->end() ? absl::string_view() : it->second;
+}
+
+// The spellings of `type`'s values, in declaration order.
+std::vector<absl::string_view> SpellingsOf(const EnumDescriptor& type) {
   std::vector<absl::string_view> names;
-  for (const auto& entry : table) names.push_back(entry.name);
+  for (int i = 0; i < type.value_count(); ++i) {
+    const absl::string_view name = Spelling(*type.value(i));
+    if (!name.empty()) names.push_back(name);
+  }
   return names;
+}
+
+// The value of `type` spelled `name`, if any.
+std::optional<int> EnumNumber(const EnumDescriptor& type,
+                              absl::string_view name) {
+  if (name.empty()) return std::nullopt;  // "" spells no value
+  for (int i = 0; i < type.value_count(); ++i) {
+    if (Spelling(*type.value(i)) == name) return type.value(i)->number();
+  }
+  return std::nullopt;
+}
+
+// The spelling of `type`'s value `number` ("" outside the enum).
+absl::string_view SpellingOf(const EnumDescriptor& type, int number) {
+  const EnumValueDescriptor* value = type.FindValueByNumber(number);
+  return value == nullptr ? absl::string_view() : Spelling(*value);
 }
 
 // ---------------------------------------------------------------------------
@@ -955,17 +974,14 @@ class SpecReader {
     return value;
   }
 
-  template <typename E>
-  std::optional<E> Enum(const Entry& entry, const std::string& path,
-                        absl::Span<const EnumName<E>> table) {
+  std::optional<int> Enum(const Entry& entry, const std::string& path,
+                          const EnumDescriptor& type) {
     if (!Begin(entry, path)) return std::nullopt;
     const YAML::Node& node = entry.value;
     if (node.IsScalar()) {
-      for (const auto& candidate : table) {
-        if (candidate.name == node.Scalar()) return candidate.value;
-      }
+      if (auto number = EnumNumber(type, node.Scalar())) return number;
     }
-    const std::vector<absl::string_view> names = NamesOf(table);
+    const std::vector<absl::string_view> names = SpellingsOf(type);
     Fail(path, ValueMark(entry),
          absl::StrCat("must be one of ", absl::StrJoin(names, ", "), "; got ",
                       Describe(node),
@@ -1049,8 +1065,9 @@ class SpecReader {
       if (auto seed = Uint64(*e, "spec.seed")) spec->set_seed(*seed);
     }
     if (const Entry* e = Find(entries, "device")) {
-      if (auto device = Enum<Device>(*e, "spec.device", kDevices)) {
-        spec->set_device(*device);
+      if (auto device =
+              Enum(*e, "spec.device", *lpd::v1::Device_descriptor())) {
+        spec->set_device(static_cast<Device>(*device));
       }
     }
   }
@@ -1064,9 +1081,9 @@ class SpecReader {
       String(*e, "spec.model.uri", model->mutable_uri());
     }
     if (const Entry* e = Find(entries, "prediction_type")) {
-      if (auto type = Enum<PredictionType>(*e, "spec.model.prediction_type",
-                                           kPredictionTypes)) {
-        model->set_prediction_type(*type);
+      if (auto type = Enum(*e, "spec.model.prediction_type",
+                           *lpd::v1::PredictionType_descriptor())) {
+        model->set_prediction_type(static_cast<PredictionType>(*type));
       }
     }
   }
@@ -1110,9 +1127,9 @@ class SpecReader {
       }
     }
     if (const Entry* e = Find(entries, "criterion")) {
-      if (auto criterion =
-              Enum<Criterion>(*e, "spec.prune.criterion", kCriteria)) {
-        prune->set_criterion(*criterion);
+      if (auto criterion = Enum(*e, "spec.prune.criterion",
+                                *lpd::v1::Criterion_descriptor())) {
+        prune->set_criterion(static_cast<Criterion>(*criterion));
       }
     }
     if (const Entry* e = Find(entries, "units")) {
@@ -1135,9 +1152,9 @@ class SpecReader {
       for (const YAML::Node& item : e->value) {
         // A null item has no position of its own: use the sequence's.
         const Entry element{item.IsNull() ? e->value : item, item};
-        if (auto unit = Enum<PruneUnit>(
-                element, absl::StrCat(path, "[", index, "]"), kPruneUnits)) {
-          prune->add_units(*unit);
+        if (auto unit = Enum(element, absl::StrCat(path, "[", index, "]"),
+                             *lpd::v1::PruneUnit_descriptor())) {
+          prune->add_units(static_cast<PruneUnit>(*unit));
         }
         ++index;
       }
@@ -1185,9 +1202,9 @@ class SpecReader {
       ReadLoss(*e, distill->mutable_loss());
     }
     if (const Entry* e = Find(entries, "precision")) {
-      if (auto precision =
-              Enum<Precision>(*e, "spec.distill.precision", kPrecisions)) {
-        distill->set_precision(*precision);
+      if (auto precision = Enum(*e, "spec.distill.precision",
+                                *lpd::v1::Precision_descriptor())) {
+        distill->set_precision(static_cast<Precision>(*precision));
       }
     }
     if (const Entry* e = Find(entries, "master_weights_fp32")) {
@@ -1309,19 +1326,19 @@ class YamlWriter {
 }  // namespace
 
 absl::string_view YamlName(PredictionType value) {
-  return NameIn<PredictionType>(kPredictionTypes, value);
+  return SpellingOf(*lpd::v1::PredictionType_descriptor(), value);
 }
 absl::string_view YamlName(Criterion value) {
-  return NameIn<Criterion>(kCriteria, value);
+  return SpellingOf(*lpd::v1::Criterion_descriptor(), value);
 }
 absl::string_view YamlName(PruneUnit value) {
-  return NameIn<PruneUnit>(kPruneUnits, value);
+  return SpellingOf(*lpd::v1::PruneUnit_descriptor(), value);
 }
 absl::string_view YamlName(Precision value) {
-  return NameIn<Precision>(kPrecisions, value);
+  return SpellingOf(*lpd::v1::Precision_descriptor(), value);
 }
 absl::string_view YamlName(Device value) {
-  return NameIn<Device>(kDevices, value);
+  return SpellingOf(*lpd::v1::Device_descriptor(), value);
 }
 
 void ApplyDefaults(CompressionJob* job) {

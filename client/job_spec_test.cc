@@ -803,5 +803,22 @@ TEST(JobSpecTest, YamlNamesAreTheSpecSpellings) {
   EXPECT_EQ(YamlName(static_cast<lpd::v1::Criterion>(42)), "");
 }
 
+TEST(JobSpecTest, YamlNamesAreEnumNamesWithoutPrefixInLowerCase) {
+  EXPECT_EQ(YamlName(lpd::v1::PREDICTION_TYPE_EPSILON), "epsilon");
+  EXPECT_EQ(YamlName(lpd::v1::CRITERION_OUTPUT_LOSS), "output_loss");
+  EXPECT_EQ(YamlName(lpd::v1::CRITERION_HANDCRAFTED), "handcrafted");
+  EXPECT_EQ(YamlName(lpd::v1::PRUNE_UNIT_RESNET), "resnet");
+  EXPECT_EQ(YamlName(lpd::v1::PRECISION_BF16), "bf16");
+  EXPECT_EQ(YamlName(lpd::v1::DEVICE_CUDA), "cuda");
+}
+
+TEST(JobSpecTest, OnlyTheAutoEnumsSpellTheirUnspecifiedValue) {
+  EXPECT_EQ(YamlName(lpd::v1::PREDICTION_TYPE_UNSPECIFIED), "auto");
+  EXPECT_EQ(YamlName(lpd::v1::PRECISION_UNSPECIFIED), "auto");
+  EXPECT_EQ(YamlName(lpd::v1::DEVICE_UNSPECIFIED), "auto");
+  EXPECT_EQ(YamlName(lpd::v1::CRITERION_UNSPECIFIED), "");
+  EXPECT_EQ(YamlName(lpd::v1::PRUNE_UNIT_UNSPECIFIED), "");
+}
+
 }  // namespace
 }  // namespace lpd::client

@@ -406,6 +406,76 @@ TEST(JobSpecTest, UnitsAsAScalarAreRejected) {
             "[resnet, transformer_block], got \"resnet\"");
 }
 
+TEST(JobSpecTest, NullUnitIsPlacedAtTheSequence) {
+  EXPECT_EQ(ErrorOf(Job("  prune:\n    units: [resnet, ~]\n")),
+            "job.yaml:12:12: spec.prune.units[1]: must be one of resnet, "
+            "attention, transformer_block; got null");
+}
+
+TEST(JobSpecTest, QuotedEnumValueIsAccepted) {
+  EXPECT_EQ(ParseOk(Job("  device: \"cpu\"\n")).spec().device(),
+            lpd::v1::DEVICE_CPU);
+}
+
+TEST(JobSpecTest, TagOnAMappingIsRejected) {
+  EXPECT_EQ(ErrorOf(Job("  distill: !!map {steps: 1}\n")),
+            "job.yaml:11:12: spec.distill: unsupported YAML tag "
+            "\"tag:yaml.org,2002:map\"; write the value without a tag");
+}
+
+TEST(JobSpecTest, KeyThatIsNotANameIsRejected) {
+  EXPECT_EQ(ErrorOf(Job("  distill: {[steps]: 1}\n")),
+            "job.yaml:11:13: spec.distill: keys must be names, got a "
+            "sequence");
+}
+
+TEST(JobSpecTest, UnknownKeyThatIsNotANameIsQuotedInItsPath) {
+  EXPECT_EQ(ErrorOf(Job("  \"the seed\": 1\n")),
+            "job.yaml:11:3: spec[\"the seed\"]: unknown field; known fields: "
+            "model, data, prune, distill, output, seed, device");
+}
+
+TEST(JobSpecTest, LabelsAreReadAsStrings) {
+  const CompressionJob job = ParseOk(
+      HeaderWith("name: tiny", "name: tiny\n  labels: {team: ml, count: 3}"));
+  EXPECT_EQ(job.metadata().labels().at("team"), "ml");
+  EXPECT_EQ(job.metadata().labels().at("count"), "3");
+}
+
+TEST(JobSpecTest, LabelsAsAScalarAreRejected) {
+  EXPECT_EQ(ErrorOf(HeaderWith("name: tiny", "name: tiny\n  labels: x")),
+            "job.yaml:5:11: metadata.labels: expected a mapping of label "
+            "names to values, got \"x\"");
+}
+
+TEST(JobSpecTest, LabelNameThatIsNotAStringIsRejected) {
+  EXPECT_EQ(
+      ErrorOf(HeaderWith("name: tiny", "name: tiny\n  labels: {[a]: x}")),
+      "job.yaml:5:12: metadata.labels: label names must be strings, got a "
+      "sequence");
+}
+
+TEST(JobSpecTest, DuplicateLabelIsRejected) {
+  EXPECT_EQ(
+      ErrorOf(HeaderWith("name: tiny", "name: tiny\n  labels: {a: x, a: y}")),
+      "job.yaml:5:18: metadata.labels[\"a\"]: duplicate key (first at line "
+      "5, column 12)");
+}
+
+TEST(JobSpecTest, LabelValueThatIsNotAStringIsRejected) {
+  EXPECT_EQ(ErrorOf(HeaderWith("name: tiny", "name: tiny\n  labels: {a: [x]}")),
+            "job.yaml:5:15: metadata.labels[\"a\"]: expected a string, got a "
+            "sequence");
+}
+
+TEST(JobSpecTest, YamlProblemsAreCappedToo) {
+  std::string fields = "  distill:\n";
+  for (int i = 0; i < kMaxReportedErrors + 3; ++i) {
+    absl::StrAppend(&fields, "    unknown_", i, ": 1\n");
+  }
+  EXPECT_THAT(ErrorOf(Job(fields)), HasSubstr("\n... and 3 more"));
+}
+
 // --- Values out of range (positions from the YAML) ------------------------
 
 TEST(JobSpecTest, OutOfRangeValueNamesPathPositionAndValue) {

@@ -9,7 +9,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cmath>
-#include <initializer_list>
+#include <limits>
 #include <map>
 #include <optional>
 #include <string>
@@ -29,13 +29,18 @@
 #include "absl/types/span.h"
 #include "common/status_macros.h"
 #include "google/protobuf/descriptor.h"
+#include "google/protobuf/message.h"
 
 namespace lpd::client {
 namespace {
 
+using ::google::protobuf::Descriptor;
 using ::google::protobuf::EnumDescriptor;
 using ::google::protobuf::EnumValueDescriptor;
+using ::google::protobuf::FieldDescriptor;
 using ::google::protobuf::FileDescriptor;
+using ::google::protobuf::Message;
+using ::google::protobuf::Reflection;
 using ::lpd::v1::CompressionJob;
 using ::lpd::v1::Criterion;
 using ::lpd::v1::DataSpec;
@@ -44,7 +49,6 @@ using ::lpd::v1::DistillLoss;
 using ::lpd::v1::DistillSpec;
 using ::lpd::v1::JobMetadata;
 using ::lpd::v1::JobSpec;
-using ::lpd::v1::ModelSpec;
 using ::lpd::v1::Precision;
 using ::lpd::v1::PredictionType;
 using ::lpd::v1::PruneSpec;
@@ -693,6 +697,100 @@ void CheckJob(const CompressionJob& job, std::vector<Problem>* problems) {
 }
 
 // ---------------------------------------------------------------------------
+// Values as YAML text.
+
+// A string as a YAML scalar: plain when that reads back as the same string,
+// double-quoted otherwise.
+std::string YamlString(absl::string_view text) {
+  const bool plain =
+      !text.empty() && !IsNullText(text) && !BoolFromText(text) &&
+      !IsNumberText(text) && !absl::EndsWith(text, ":") &&
+      (absl::ascii_isalnum(text[0]) || text[0] == '/' || text[0] == '_' ||
+       text[0] == '.') &&
+      std::all_of(text.begin(), text.end(), [](char c) {
+        return absl::ascii_isalnum(c) ||
+               absl::string_view("_./:+=-").find(c) != absl::string_view::npos;
+      });
+  if (plain) return std::string(text);
+  std::string quoted = "\"";
+  for (char c : text) {
+    const unsigned char byte = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      quoted.push_back('\\');
+      quoted.push_back(c);
+    } else if (byte < 0x20 || byte == 0x7f) {
+      constexpr char kHex[] = "0123456789abcdef";
+      quoted += "\\x";
+      quoted.push_back(kHex[byte >> 4]);
+      quoted.push_back(kHex[byte & 0xf]);
+    } else {
+      quoted.push_back(c);  // UTF-8 passes through
+    }
+  }
+  quoted += "\"";
+  return quoted;
+}
+
+// `field` of `message` as a YAML scalar (element `index` of a repeated
+// field). Enums by their spelling, or their number for a value outside the
+// enum (which ValidateJobSpec rejects).
+std::string ScalarText(const Message& message, const FieldDescriptor& field,
+                       int index = -1) {
+  const Reflection& r = *message.GetReflection();
+  const FieldDescriptor* f = &field;
+  const bool element = field.is_repeated();
+  switch (field.cpp_type()) {
+    case FieldDescriptor::CPPTYPE_STRING:
+      return YamlString(element ? r.GetRepeatedString(message, f, index)
+                                : r.GetString(message, f));
+    case FieldDescriptor::CPPTYPE_INT32:
+      return absl::StrCat(element ? r.GetRepeatedInt32(message, f, index)
+                                  : r.GetInt32(message, f));
+    case FieldDescriptor::CPPTYPE_INT64:
+      return absl::StrCat(element ? r.GetRepeatedInt64(message, f, index)
+                                  : r.GetInt64(message, f));
+    case FieldDescriptor::CPPTYPE_UINT32:
+      return absl::StrCat(element ? r.GetRepeatedUInt32(message, f, index)
+                                  : r.GetUInt32(message, f));
+    case FieldDescriptor::CPPTYPE_UINT64:
+      return absl::StrCat(element ? r.GetRepeatedUInt64(message, f, index)
+                                  : r.GetUInt64(message, f));
+    case FieldDescriptor::CPPTYPE_DOUBLE:
+      return FormatDouble(element ? r.GetRepeatedDouble(message, f, index)
+                                  : r.GetDouble(message, f));
+    case FieldDescriptor::CPPTYPE_BOOL:
+      return (element ? r.GetRepeatedBool(message, f, index)
+                      : r.GetBool(message, f))
+                 ? "true"
+                 : "false";
+    case FieldDescriptor::CPPTYPE_ENUM: {
+      const int number = element ? r.GetRepeatedEnumValue(message, f, index)
+                                 : r.GetEnumValue(message, f);
+      const absl::string_view name = SpellingOf(*field.enum_type(), number);
+      return name.empty() ? absl::StrCat(number) : std::string(name);
+    }
+    default:  // float and messages: not in the schema
+      return "";
+  }
+}
+
+// Repeated `field` of `message` as a YAML flow sequence: `[a, b]`.
+std::string FlowList(const Message& message, const FieldDescriptor& field) {
+  std::vector<std::string> items;
+  for (int i = 0; i < message.GetReflection()->FieldSize(message, &field);
+       ++i) {
+    items.push_back(ScalarText(message, field, i));
+  }
+  return absl::StrCat("[", absl::StrJoin(items, ", "), "]");
+}
+
+// The YAML key of `field`: its json_name where the .proto sets one
+// (`apiVersion`), else its name.
+absl::string_view YamlKey(const FieldDescriptor& field) {
+  return field.has_json_name() ? field.json_name() : field.name();
+}
+
+// ---------------------------------------------------------------------------
 // Reading YAML into the message.
 
 // One entry of a YAML mapping.
@@ -722,31 +820,21 @@ bool IsQuoted(const YAML::Node& node) {
   return node.IsScalar() && node.Tag() == "!";
 }
 
+// Reads a YAML document into a job by walking the message descriptors:
+// each mapping's keys are the YAML keys of its message's fields (YamlKey),
+// read in declaration order. The shapes it reads, all the schema uses:
+// singular strings, integers, doubles, booleans, enums and messages;
+// repeated scalars and enums (sequences); map<string, scalar> (mappings).
 class SpecReader {
  public:
   std::vector<Problem> problems;
 
   // Reads the document's root into `job`; false if it is not a mapping.
   bool ReadJob(const YAML::Node& root, CompressionJob* job) {
+    CompressionJob defaults;
+    ApplyDefaults(&defaults);
     marks_[""] = root.Mark();
-    Entries entries;
-    if (!Mapping({root, root}, "", {"apiVersion", "kind", "metadata", "spec"},
-                 &entries)) {
-      return false;
-    }
-    if (const Entry* e = Find(entries, "apiVersion")) {
-      String(*e, "apiVersion", job->mutable_api_version());
-    }
-    if (const Entry* e = Find(entries, "kind")) {
-      String(*e, "kind", job->mutable_kind());
-    }
-    if (const Entry* e = Find(entries, "metadata")) {
-      ReadMetadata(*e, job->mutable_metadata());
-    }
-    if (const Entry* e = Find(entries, "spec")) {
-      ReadSpec(*e, job->mutable_spec());
-    }
-    return true;
+    return ReadMessage({root, root}, "", defaults, job);
   }
 
   // Adds a problem from CheckJob, placed at its field (or the nearest
@@ -818,11 +906,22 @@ class SpecReader {
     return true;
   }
 
+  // Reports `key` at `child` if `seen` has it already; true if so.
+  bool Duplicate(const YAML::Node& key, const std::string& child,
+                 std::map<std::string, YAML::Mark>* seen) {
+    const auto [previous, inserted] = seen->emplace(key.Scalar(), key.Mark());
+    if (inserted) return false;
+    Fail(
+        child, key.Mark(),
+        absl::StrCat("duplicate key (first at line ", previous->second.line + 1,
+                     ", column ", previous->second.column + 1, ")"));
+    return true;
+  }
+
   // Collects the keys of a mapping. Unknown, duplicate and non-scalar keys
   // are reported; false if the value is not a mapping.
   bool Mapping(const Entry& entry, const std::string& path,
-               std::initializer_list<absl::string_view> known,
-               Entries* entries) {
+               absl::Span<const absl::string_view> known, Entries* entries) {
     if (!Begin(entry, path)) return false;
     marks_[path] = entry.key.Mark();  // a mapping's problems: at its key
     if (!entry.value.IsMap()) {
@@ -841,18 +940,10 @@ class SpecReader {
       }
       const std::string& name = key.Scalar();
       const std::string child = KeyPath(path, name);
-      if (auto [previous, inserted] = seen.emplace(name, key.Mark());
-          !inserted) {
-        Fail(child, key.Mark(),
-             absl::StrCat("duplicate key (first at line ",
-                          previous->second.line + 1, ", column ",
-                          previous->second.column + 1, ")"));
-        continue;
-      }
+      if (Duplicate(key, child, &seen)) continue;
       if (std::find(known.begin(), known.end(), name) == known.end()) {
-        const std::vector<absl::string_view> candidates(known);
         std::string message = "unknown field";
-        if (auto suggestion = Suggest(name, candidates)) {
+        if (auto suggestion = Suggest(name, known)) {
           absl::StrAppend(&message, " (did you mean \"", *suggestion, "\"?)");
         } else {
           absl::StrAppend(&message,
@@ -868,15 +959,181 @@ class SpecReader {
     return true;
   }
 
-  bool String(const Entry& entry, const std::string& path, std::string* out) {
-    if (!Begin(entry, path)) return false;
+  // Reads a mapping into `message`; `defaults` is the same message with
+  // the defaults applied. False if the value is not a mapping.
+  bool ReadMessage(const Entry& entry, const std::string& path,
+                   const Message& defaults, Message* message) {
+    const Descriptor& type = *message->GetDescriptor();
+    std::vector<absl::string_view> keys;
+    for (int i = 0; i < type.field_count(); ++i) {
+      keys.push_back(YamlKey(*type.field(i)));
+    }
+    Entries entries;
+    if (!Mapping(entry, path, keys, &entries)) return false;
+    for (int i = 0; i < type.field_count(); ++i) {
+      const FieldDescriptor& field = *type.field(i);
+      const Entry* e = Find(entries, keys[i]);
+      if (e == nullptr) continue;
+      const std::string child = ChildPath(path, keys[i]);
+      if (field.is_map()) {
+        ReadMap(*e, child, field, message);
+      } else if (field.is_repeated()) {
+        ReadList(*e, child, field, defaults, message);
+      } else {
+        ReadValue(*e, child, field, defaults, message);
+      }
+    }
+    return true;
+  }
+
+  // Reads a sequence into repeated `field`. One with a default (in
+  // `defaults`) must not be empty: leaving it out gives the default.
+  void ReadList(const Entry& entry, const std::string& path,
+                const FieldDescriptor& field, const Message& defaults,
+                Message* message) {
+    if (!Begin(entry, path)) return;
+    const bool has_default =
+        defaults.GetReflection()->FieldSize(defaults, &field) > 0;
+    const std::string default_list = FlowList(defaults, field);
+    if (!entry.value.IsSequence()) {
+      Fail(path, ValueMark(entry),
+           absl::StrCat("expected a sequence",
+                        has_default ? " such as " + default_list : "", ", got ",
+                        Describe(entry.value)));
+      return;
+    }
+    if (has_default && entry.value.size() == 0) {
+      Fail(path, ValueMark(entry),
+           absl::StrCat("must not be empty (leave it out for the default ",
+                        default_list, ")"));
+      return;
+    }
+    int index = 0;
+    for (const YAML::Node& item : entry.value) {
+      // A null item has no position of its own: use the sequence's.
+      const Entry element{item.IsNull() ? entry.value : item, item};
+      ReadValue(element, absl::StrCat(path, "[", index++, "]"), field, defaults,
+                message);
+    }
+  }
+
+  // Reads a mapping into map `field`, whose keys are strings. Messages
+  // call the keys by the field's name: "label names" for `labels`.
+  void ReadMap(const Entry& entry, const std::string& path,
+               const FieldDescriptor& field, Message* message) {
+    if (!Begin(entry, path)) return;
+    marks_[path] = entry.key.Mark();
+    const absl::string_view noun = absl::StripSuffix(field.name(), "s");
+    if (!entry.value.IsMap()) {
+      Fail(path, ValueMark(entry),
+           absl::StrCat("expected a mapping of ", noun,
+                        " names to values, got ", Describe(entry.value)));
+      return;
+    }
+    const Reflection& r = *message->GetReflection();
+    const Descriptor& pair = *field.message_type();
+    const Message& no_defaults = *r.GetMessageFactory()->GetPrototype(&pair);
+    std::map<std::string, YAML::Mark> seen;
+    for (auto it = entry.value.begin(); it != entry.value.end(); ++it) {
+      const YAML::Node key = it->first;
+      if (!key.IsScalar()) {
+        Fail(path, key.Mark(),
+             absl::StrCat(noun, " names must be strings, got ", Describe(key)));
+        continue;
+      }
+      const std::string child =
+          absl::StrCat(path, "[", Quote(key.Scalar()), "]");
+      if (Duplicate(key, child, &seen)) continue;
+      Message* item = r.AddMessage(message, &field);
+      item->GetReflection()->SetString(item, pair.map_key(), key.Scalar());
+      if (ReadValue({key, it->second}, child, *pair.map_value(), no_defaults,
+                    item)) {
+        marks_[child] = key.Mark();
+      } else {
+        r.RemoveLast(message, &field);
+      }
+    }
+  }
+
+  // Reads one value of `field` into `message`: the field, or a new element
+  // when it is repeated. False (with a problem) if it cannot be read.
+  bool ReadValue(const Entry& entry, const std::string& path,
+                 const FieldDescriptor& field, const Message& defaults,
+                 Message* message) {
+    const Reflection& r = *message->GetReflection();
+    const FieldDescriptor* f = &field;
+    const bool add = field.is_repeated();
+    switch (field.cpp_type()) {
+      case FieldDescriptor::CPPTYPE_MESSAGE:
+        if (add) break;  // repeated messages: not in the schema
+        return ReadMessage(entry, path,
+                           defaults.GetReflection()->GetMessage(defaults, f),
+                           r.MutableMessage(message, f));
+      case FieldDescriptor::CPPTYPE_STRING:
+        if (auto v = String(entry, path)) {
+          add ? r.AddString(message, f, *v) : r.SetString(message, f, *v);
+          return true;
+        }
+        return false;
+      case FieldDescriptor::CPPTYPE_INT32:
+        if (auto v = Integer<int32_t>(entry, path)) {
+          add ? r.AddInt32(message, f, *v) : r.SetInt32(message, f, *v);
+          return true;
+        }
+        return false;
+      case FieldDescriptor::CPPTYPE_INT64:
+        if (auto v = Integer<int64_t>(entry, path)) {
+          add ? r.AddInt64(message, f, *v) : r.SetInt64(message, f, *v);
+          return true;
+        }
+        return false;
+      case FieldDescriptor::CPPTYPE_UINT32:
+        if (auto v = Integer<uint32_t>(entry, path)) {
+          add ? r.AddUInt32(message, f, *v) : r.SetUInt32(message, f, *v);
+          return true;
+        }
+        return false;
+      case FieldDescriptor::CPPTYPE_UINT64:
+        if (auto v = Integer<uint64_t>(entry, path)) {
+          add ? r.AddUInt64(message, f, *v) : r.SetUInt64(message, f, *v);
+          return true;
+        }
+        return false;
+      case FieldDescriptor::CPPTYPE_DOUBLE:
+        if (auto v = Double(entry, path)) {
+          add ? r.AddDouble(message, f, *v) : r.SetDouble(message, f, *v);
+          return true;
+        }
+        return false;
+      case FieldDescriptor::CPPTYPE_BOOL:
+        if (auto v = Bool(entry, path)) {
+          add ? r.AddBool(message, f, *v) : r.SetBool(message, f, *v);
+          return true;
+        }
+        return false;
+      case FieldDescriptor::CPPTYPE_ENUM:
+        if (auto v = Enum(entry, path, *field.enum_type())) {
+          add ? r.AddEnumValue(message, f, *v) : r.SetEnumValue(message, f, *v);
+          return true;
+        }
+        return false;
+      default:  // float: not in the schema
+        break;
+    }
+    Fail(path, ValueMark(entry),
+         "internal error: the YAML reader does not support this field");
+    return false;
+  }
+
+  std::optional<std::string> String(const Entry& entry,
+                                    const std::string& path) {
+    if (!Begin(entry, path)) return std::nullopt;
     if (!entry.value.IsScalar()) {
       Fail(path, ValueMark(entry),
            absl::StrCat("expected a string, got ", Describe(entry.value)));
-      return false;
+      return std::nullopt;
     }
-    *out = entry.value.Scalar();
-    return true;
+    return entry.value.Scalar();
   }
 
   // The hint for a quoted number or boolean where one is expected.
@@ -888,9 +1145,9 @@ class SpecReader {
 
   // An integer in [minimum, maximum]: digits, or float notation with an
   // integral value ("2e4").
-  std::optional<absl::int128> Integer(const Entry& entry,
-                                      const std::string& path, int64_t minimum,
-                                      uint64_t maximum) {
+  std::optional<absl::int128> IntegerIn(const Entry& entry,
+                                        const std::string& path,
+                                        int64_t minimum, uint64_t maximum) {
     if (!Begin(entry, path)) return std::nullopt;
     const YAML::Node& node = entry.value;
     const std::string text = node.IsScalar() ? node.Scalar() : "";
@@ -929,16 +1186,12 @@ class SpecReader {
     return value;
   }
 
-  std::optional<int32_t> Int32(const Entry& entry, const std::string& path) {
-    const auto value = Integer(entry, path, INT32_MIN, INT32_MAX);
+  template <typename T>
+  std::optional<T> Integer(const Entry& entry, const std::string& path) {
+    const auto value = IntegerIn(entry, path, std::numeric_limits<T>::min(),
+                                 std::numeric_limits<T>::max());
     if (!value) return std::nullopt;
-    return static_cast<int32_t>(*value);
-  }
-
-  std::optional<uint64_t> Uint64(const Entry& entry, const std::string& path) {
-    const auto value = Integer(entry, path, 0, UINT64_MAX);
-    if (!value) return std::nullopt;
-    return static_cast<uint64_t>(*value);
+    return static_cast<T>(*value);
   }
 
   std::optional<double> Double(const Entry& entry, const std::string& path) {
@@ -989,304 +1242,12 @@ class SpecReader {
     return std::nullopt;
   }
 
-  void ReadMetadata(const Entry& entry, JobMetadata* metadata) {
-    Entries entries;
-    if (!Mapping(entry, "metadata", {"name", "labels"}, &entries)) return;
-    if (const Entry* e = Find(entries, "name")) {
-      String(*e, "metadata.name", metadata->mutable_name());
-    }
-    const Entry* labels = Find(entries, "labels");
-    if (labels == nullptr) return;
-    const std::string path = "metadata.labels";
-    if (!Begin(*labels, path)) return;
-    marks_[path] = labels->key.Mark();
-    if (!labels->value.IsMap()) {
-      Fail(path, ValueMark(*labels),
-           absl::StrCat("expected a mapping of label names to values, got ",
-                        Describe(labels->value)));
-      return;
-    }
-    std::map<std::string, YAML::Mark> seen;
-    for (auto it = labels->value.begin(); it != labels->value.end(); ++it) {
-      const YAML::Node key = it->first;
-      if (!key.IsScalar()) {
-        Fail(path, key.Mark(),
-             absl::StrCat("label names must be strings, got ", Describe(key)));
-        continue;
-      }
-      const std::string child =
-          absl::StrCat(path, "[", Quote(key.Scalar()), "]");
-      if (auto [previous, inserted] = seen.emplace(key.Scalar(), key.Mark());
-          !inserted) {
-        Fail(child, key.Mark(),
-             absl::StrCat("duplicate key (first at line ",
-                          previous->second.line + 1, ", column ",
-                          previous->second.column + 1, ")"));
-        continue;
-      }
-      std::string value;
-      if (String({key, it->second}, child, &value)) {
-        marks_[child] = key.Mark();
-        (*metadata->mutable_labels())[key.Scalar()] = std::move(value);
-      }
-    }
-  }
-
-  void ReadSpec(const Entry& entry, JobSpec* spec) {
-    Entries entries;
-    if (!Mapping(
-            entry, "spec",
-            {"model", "data", "prune", "distill", "output", "seed", "device"},
-            &entries)) {
-      return;
-    }
-    if (const Entry* e = Find(entries, "model")) {
-      ReadModel(*e, spec->mutable_model());
-    }
-    if (const Entry* e = Find(entries, "data")) {
-      ReadData(*e, spec->mutable_data());
-    }
-    if (const Entry* e = Find(entries, "prune")) {
-      ReadPrune(*e, spec->mutable_prune());
-    }
-    if (const Entry* e = Find(entries, "distill")) {
-      ReadDistill(*e, spec->mutable_distill());
-    }
-    if (const Entry* e = Find(entries, "output")) {
-      Entries output;
-      if (Mapping(*e, "spec.output", {"uri"}, &output)) {
-        if (const Entry* uri = Find(output, "uri")) {
-          String(*uri, "spec.output.uri",
-                 spec->mutable_output()->mutable_uri());
-        }
-      }
-    }
-    if (const Entry* e = Find(entries, "seed")) {
-      if (auto seed = Uint64(*e, "spec.seed")) spec->set_seed(*seed);
-    }
-    if (const Entry* e = Find(entries, "device")) {
-      if (auto device =
-              Enum(*e, "spec.device", *lpd::v1::Device_descriptor())) {
-        spec->set_device(static_cast<Device>(*device));
-      }
-    }
-  }
-
-  void ReadModel(const Entry& entry, ModelSpec* model) {
-    Entries entries;
-    if (!Mapping(entry, "spec.model", {"uri", "prediction_type"}, &entries)) {
-      return;
-    }
-    if (const Entry* e = Find(entries, "uri")) {
-      String(*e, "spec.model.uri", model->mutable_uri());
-    }
-    if (const Entry* e = Find(entries, "prediction_type")) {
-      if (auto type = Enum(*e, "spec.model.prediction_type",
-                           *lpd::v1::PredictionType_descriptor())) {
-        model->set_prediction_type(static_cast<PredictionType>(*type));
-      }
-    }
-  }
-
-  void ReadData(const Entry& entry, DataSpec* data) {
-    Entries entries;
-    if (!Mapping(entry, "spec.data",
-                 {"train", "calibration_samples", "eval_samples"}, &entries)) {
-      return;
-    }
-    if (const Entry* e = Find(entries, "train")) {
-      Entries train;
-      if (Mapping(*e, "spec.data.train", {"uri"}, &train)) {
-        if (const Entry* uri = Find(train, "uri")) {
-          String(*uri, "spec.data.train.uri",
-                 data->mutable_train()->mutable_uri());
-        }
-      }
-    }
-    if (const Entry* e = Find(entries, "calibration_samples")) {
-      if (auto n = Int32(*e, "spec.data.calibration_samples")) {
-        data->set_calibration_samples(*n);
-      }
-    }
-    if (const Entry* e = Find(entries, "eval_samples")) {
-      if (auto n = Int32(*e, "spec.data.eval_samples")) {
-        data->set_eval_samples(*n);
-      }
-    }
-  }
-
-  void ReadPrune(const Entry& entry, PruneSpec* prune) {
-    Entries entries;
-    if (!Mapping(entry, "spec.prune", {"target_ratio", "criterion", "units"},
-                 &entries)) {
-      return;
-    }
-    if (const Entry* e = Find(entries, "target_ratio")) {
-      if (auto ratio = Double(*e, "spec.prune.target_ratio")) {
-        prune->set_target_ratio(*ratio);
-      }
-    }
-    if (const Entry* e = Find(entries, "criterion")) {
-      if (auto criterion = Enum(*e, "spec.prune.criterion",
-                                *lpd::v1::Criterion_descriptor())) {
-        prune->set_criterion(static_cast<Criterion>(*criterion));
-      }
-    }
-    if (const Entry* e = Find(entries, "units")) {
-      const std::string path = "spec.prune.units";
-      if (!Begin(*e, path)) return;
-      if (!e->value.IsSequence()) {
-        Fail(path, ValueMark(*e),
-             absl::StrCat("expected a sequence such as [resnet, "
-                          "transformer_block], got ",
-                          Describe(e->value)));
-        return;
-      }
-      if (e->value.size() == 0) {
-        Fail(path, ValueMark(*e),
-             "must not be empty (leave it out for the default [resnet, "
-             "transformer_block])");
-        return;
-      }
-      int index = 0;
-      for (const YAML::Node& item : e->value) {
-        // A null item has no position of its own: use the sequence's.
-        const Entry element{item.IsNull() ? e->value : item, item};
-        if (auto unit = Enum(element, absl::StrCat(path, "[", index, "]"),
-                             *lpd::v1::PruneUnit_descriptor())) {
-          prune->add_units(static_cast<PruneUnit>(*unit));
-        }
-        ++index;
-      }
-    }
-  }
-
-  void ReadDistill(const Entry& entry, DistillSpec* distill) {
-    Entries entries;
-    if (!Mapping(entry, "spec.distill",
-                 {"steps", "batch_size", "learning_rate", "weight_decay",
-                  "grad_clip_norm", "warmup_steps", "loss", "precision",
-                  "master_weights_fp32", "checkpoint_every", "gpus"},
-                 &entries)) {
-      return;
-    }
-    if (const Entry* e = Find(entries, "steps")) {
-      if (auto n = Int32(*e, "spec.distill.steps")) distill->set_steps(*n);
-    }
-    if (const Entry* e = Find(entries, "batch_size")) {
-      if (auto n = Int32(*e, "spec.distill.batch_size")) {
-        distill->set_batch_size(*n);
-      }
-    }
-    if (const Entry* e = Find(entries, "learning_rate")) {
-      if (auto x = Double(*e, "spec.distill.learning_rate")) {
-        distill->set_learning_rate(*x);
-      }
-    }
-    if (const Entry* e = Find(entries, "weight_decay")) {
-      if (auto x = Double(*e, "spec.distill.weight_decay")) {
-        distill->set_weight_decay(*x);
-      }
-    }
-    if (const Entry* e = Find(entries, "grad_clip_norm")) {
-      if (auto x = Double(*e, "spec.distill.grad_clip_norm")) {
-        distill->set_grad_clip_norm(*x);
-      }
-    }
-    if (const Entry* e = Find(entries, "warmup_steps")) {
-      if (auto n = Int32(*e, "spec.distill.warmup_steps")) {
-        distill->set_warmup_steps(*n);
-      }
-    }
-    if (const Entry* e = Find(entries, "loss")) {
-      ReadLoss(*e, distill->mutable_loss());
-    }
-    if (const Entry* e = Find(entries, "precision")) {
-      if (auto precision = Enum(*e, "spec.distill.precision",
-                                *lpd::v1::Precision_descriptor())) {
-        distill->set_precision(static_cast<Precision>(*precision));
-      }
-    }
-    if (const Entry* e = Find(entries, "master_weights_fp32")) {
-      if (auto b = Bool(*e, "spec.distill.master_weights_fp32")) {
-        distill->set_master_weights_fp32(*b);
-      }
-    }
-    if (const Entry* e = Find(entries, "checkpoint_every")) {
-      if (auto n = Int32(*e, "spec.distill.checkpoint_every")) {
-        distill->set_checkpoint_every(*n);
-      }
-    }
-    if (const Entry* e = Find(entries, "gpus")) {
-      if (auto n = Int32(*e, "spec.distill.gpus")) distill->set_gpus(*n);
-    }
-  }
-
-  void ReadLoss(const Entry& entry, DistillLoss* loss) {
-    Entries entries;
-    if (!Mapping(entry, "spec.distill.loss",
-                 {"task", "output_kd", "feature_kd", "normalize_features"},
-                 &entries)) {
-      return;
-    }
-    if (const Entry* e = Find(entries, "task")) {
-      if (auto x = Double(*e, "spec.distill.loss.task")) loss->set_task(*x);
-    }
-    if (const Entry* e = Find(entries, "output_kd")) {
-      if (auto x = Double(*e, "spec.distill.loss.output_kd")) {
-        loss->set_output_kd(*x);
-      }
-    }
-    if (const Entry* e = Find(entries, "feature_kd")) {
-      if (auto x = Double(*e, "spec.distill.loss.feature_kd")) {
-        loss->set_feature_kd(*x);
-      }
-    }
-    if (const Entry* e = Find(entries, "normalize_features")) {
-      if (auto b = Bool(*e, "spec.distill.loss.normalize_features")) {
-        loss->set_normalize_features(*b);
-      }
-    }
-  }
-
   absl::flat_hash_map<std::string, YAML::Mark> marks_;
   std::vector<std::string> failed_;
 };
 
 // ---------------------------------------------------------------------------
 // Writing YAML.
-
-// A string as a YAML scalar: plain when that reads back as the same string,
-// double-quoted otherwise.
-std::string YamlString(absl::string_view text) {
-  const bool plain =
-      !text.empty() && !IsNullText(text) && !BoolFromText(text) &&
-      !IsNumberText(text) && !absl::EndsWith(text, ":") &&
-      (absl::ascii_isalnum(text[0]) || text[0] == '/' || text[0] == '_' ||
-       text[0] == '.') &&
-      std::all_of(text.begin(), text.end(), [](char c) {
-        return absl::ascii_isalnum(c) ||
-               absl::string_view("_./:+=-").find(c) != absl::string_view::npos;
-      });
-  if (plain) return std::string(text);
-  std::string quoted = "\"";
-  for (char c : text) {
-    const unsigned char byte = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
-      quoted.push_back('\\');
-      quoted.push_back(c);
-    } else if (byte < 0x20 || byte == 0x7f) {
-      constexpr char kHex[] = "0123456789abcdef";
-      quoted += "\\x";
-      quoted.push_back(kHex[byte >> 4]);
-      quoted.push_back(kHex[byte & 0xf]);
-    } else {
-      quoted.push_back(c);  // UTF-8 passes through
-    }
-  }
-  quoted += "\"";
-  return quoted;
-}
 
 // An enum value by its YAML name, or its number for a value outside the
 // enum (which ValidateJobSpec rejects).

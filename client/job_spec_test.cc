@@ -745,6 +745,32 @@ spec:
 )");
 }
 
+TEST(JobSpecTest, CanonicalYamlSortsAndQuotesLabels) {
+  CompressionJob job = MinimalProto();
+  auto& labels = *job.mutable_metadata()->mutable_labels();
+  labels["team"] = "ml";
+  labels["a/b"] = "true";
+  labels["count"] = "";
+  EXPECT_THAT(JobSpecToYaml(job), HasSubstr("metadata:\n"
+                                            "  name: tiny\n"
+                                            "  labels:\n"
+                                            "    a/b: \"true\"\n"
+                                            "    count: \"\"\n"
+                                            "    team: ml\n"
+                                            "spec:\n"));
+}
+
+TEST(JobSpecTest, CanonicalYamlWritesEnumNumbersOutsideTheEnum) {
+  CompressionJob job = MinimalProto();
+  job.mutable_spec()->set_device(static_cast<lpd::v1::Device>(7));
+  job.mutable_spec()->mutable_prune()->add_units(lpd::v1::PRUNE_UNIT_RESNET);
+  job.mutable_spec()->mutable_prune()->add_units(
+      lpd::v1::PRUNE_UNIT_UNSPECIFIED);
+  const std::string yaml = JobSpecToYaml(job);
+  EXPECT_THAT(yaml, HasSubstr("    units: [resnet, 0]\n"));
+  EXPECT_THAT(yaml, HasSubstr("  device: 7\n"));
+}
+
 TEST(JobSpecTest, ExamplesRoundTripThroughCanonicalYaml) {
   for (const auto& file : ExampleFiles()) {
     const auto first = LoadJobSpecFile(file.string());

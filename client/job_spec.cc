@@ -1249,40 +1249,49 @@ class SpecReader {
 // ---------------------------------------------------------------------------
 // Writing YAML.
 
-// An enum value by its YAML name, or its number for a value outside the
-// enum (which ValidateJobSpec rejects).
-template <typename E>
-std::string YamlEnum(E value) {
-  const absl::string_view name = YamlName(value);
-  return name.empty() ? absl::StrCat(static_cast<int>(value))
-                      : std::string(name);
+// Appends map `field` of `message` (string keys) as a block mapping at
+// `depth`, sorted by key; " {}" when it is empty.
+void WriteMap(const Message& message, const FieldDescriptor& field, int depth,
+              std::string* out) {
+  const Reflection& r = *message.GetReflection();
+  const Descriptor& pair = *field.message_type();
+  std::map<std::string, std::string> items;
+  for (int i = 0; i < r.FieldSize(message, &field); ++i) {
+    const Message& item = r.GetRepeatedMessage(message, &field, i);
+    items.emplace(item.GetReflection()->GetString(item, pair.map_key()),
+                  ScalarText(item, *pair.map_value()));
+  }
+  if (items.empty()) {
+    absl::StrAppend(out, " {}\n");
+    return;
+  }
+  absl::StrAppend(out, "\n");
+  for (const auto& [key, value] : items) {
+    absl::StrAppend(out, std::string(2 * depth, ' '), YamlString(key), ": ",
+                    value, "\n");
+  }
 }
 
-class YamlWriter {
- public:
-  void Open(int depth, absl::string_view key) {
-    absl::StrAppend(&out_, std::string(2 * depth, ' '), key, ":\n");
+// Appends `message` as a block mapping at `depth` (two spaces a level):
+// every field, set or not, in declaration order; lists in flow style.
+void WriteMessage(const Message& message, int depth, std::string* out) {
+  const Reflection& r = *message.GetReflection();
+  const Descriptor& type = *message.GetDescriptor();
+  for (int i = 0; i < type.field_count(); ++i) {
+    const FieldDescriptor& field = *type.field(i);
+    absl::StrAppend(out, std::string(2 * depth, ' '), YamlKey(field), ":");
+    if (field.is_map()) {
+      WriteMap(message, field, depth + 1, out);
+    } else if (field.is_repeated()) {
+      absl::StrAppend(out, " ", FlowList(message, field), "\n");
+    } else if (field.cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+      absl::StrAppend(out, "\n");
+      WriteMessage(r.GetMessage(message, &field), depth + 1, out);
+    } else {
+      absl::StrAppend(out, " ", ScalarText(message, field), "\n");
+    }
   }
-  void Field(int depth, absl::string_view key, absl::string_view value) {
-    absl::StrAppend(&out_, std::string(2 * depth, ' '), key, ": ", value, "\n");
-  }
-  void Field(int depth, absl::string_view key, int64_t value) {
-    Field(depth, key, absl::StrCat(value));
-  }
-  void Field(int depth, absl::string_view key, uint64_t value) {
-    Field(depth, key, absl::StrCat(value));
-  }
-  void Field(int depth, absl::string_view key, double value) {
-    Field(depth, key, absl::string_view(FormatDouble(value)));
-  }
-  void Field(int depth, absl::string_view key, bool value) {
-    Field(depth, key, absl::string_view(value ? "true" : "false"));
-  }
-  std::string Take() { return std::move(out_); }
-
- private:
-  std::string out_;
-};
+}
 
 }  // namespace
 
@@ -1442,62 +1451,9 @@ absl::StatusOr<CompressionJob> LoadJobSpecFile(const std::string& path) {
 std::string JobSpecToYaml(const CompressionJob& input) {
   CompressionJob job = input;
   ApplyDefaults(&job);
-  const JobSpec& spec = job.spec();
-  YamlWriter w;
-  w.Field(0, "apiVersion", YamlString(job.api_version()));
-  w.Field(0, "kind", YamlString(job.kind()));
-  w.Open(0, "metadata");
-  w.Field(1, "name", YamlString(job.metadata().name()));
-  if (job.metadata().labels().empty()) {
-    w.Field(1, "labels", absl::string_view("{}"));
-  } else {
-    w.Open(1, "labels");
-    const std::map<std::string, std::string> labels(
-        job.metadata().labels().begin(), job.metadata().labels().end());
-    for (const auto& [key, value] : labels) {
-      w.Field(2, YamlString(key), YamlString(value));
-    }
-  }
-  w.Open(0, "spec");
-  w.Open(1, "model");
-  w.Field(2, "uri", YamlString(spec.model().uri()));
-  w.Field(2, "prediction_type", YamlEnum(spec.model().prediction_type()));
-  w.Open(1, "data");
-  w.Open(2, "train");
-  w.Field(3, "uri", YamlString(spec.data().train().uri()));
-  w.Field(2, "calibration_samples", int64_t{spec.data().calibration_samples()});
-  w.Field(2, "eval_samples", int64_t{spec.data().eval_samples()});
-  const PruneSpec& prune = spec.prune();
-  w.Open(1, "prune");
-  w.Field(2, "target_ratio", prune.target_ratio());
-  w.Field(2, "criterion", YamlEnum(prune.criterion()));
-  std::vector<std::string> units;
-  for (int unit : prune.units()) {
-    units.push_back(YamlEnum(static_cast<PruneUnit>(unit)));
-  }
-  w.Field(2, "units", absl::StrCat("[", absl::StrJoin(units, ", "), "]"));
-  const DistillSpec& distill = spec.distill();
-  w.Open(1, "distill");
-  w.Field(2, "steps", int64_t{distill.steps()});
-  w.Field(2, "batch_size", int64_t{distill.batch_size()});
-  w.Field(2, "learning_rate", distill.learning_rate());
-  w.Field(2, "weight_decay", distill.weight_decay());
-  w.Field(2, "grad_clip_norm", distill.grad_clip_norm());
-  w.Field(2, "warmup_steps", int64_t{distill.warmup_steps()});
-  w.Open(2, "loss");
-  w.Field(3, "task", distill.loss().task());
-  w.Field(3, "output_kd", distill.loss().output_kd());
-  w.Field(3, "feature_kd", distill.loss().feature_kd());
-  w.Field(3, "normalize_features", distill.loss().normalize_features());
-  w.Field(2, "precision", YamlEnum(distill.precision()));
-  w.Field(2, "master_weights_fp32", distill.master_weights_fp32());
-  w.Field(2, "checkpoint_every", int64_t{distill.checkpoint_every()});
-  w.Field(2, "gpus", int64_t{distill.gpus()});
-  w.Open(1, "output");
-  w.Field(2, "uri", YamlString(spec.output().uri()));
-  w.Field(1, "seed", uint64_t{spec.seed()});
-  w.Field(1, "device", YamlEnum(spec.device()));
-  return w.Take();
+  std::string yaml;
+  WriteMessage(job, 0, &yaml);
+  return yaml;
 }
 
 }  // namespace lpd::client

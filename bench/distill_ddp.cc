@@ -32,13 +32,14 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "base/cli_args.h"
 #include "bench/random_unet.h"
-#include "common/cli_args.h"
-#include "engine/data_parallel.h"
-#include "engine/distill.h"
-#include "engine/model_loader.h"
-#include "engine/scoring.h"
-#include "engine/unet.h"
+#include "engine/compress/scoring.h"
+#include "engine/model/model_loader.h"
+#include "engine/model/unet.h"
+#include "engine/train/data_parallel.h"
+#include "engine/train/distill.h"
+#include "testing/free_port.h"
 
 namespace {
 
@@ -212,28 +213,18 @@ int RunRank(const lpd::CliArgs& flags) {
   return differing == 0 ? 0 : 3;
 }
 
-// A TCP port free now on 127.0.0.1 (for the ranks' rendezvous).
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return 29500;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  int port = 29500;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  ::close(fd);
-  return port;
+// A TCP port free now on 127.0.0.1 (for the ranks' rendezvous); 29500,
+// torch's usual one, when none could be had.
+int RendezvousPort() {
+  const int port = lpd::test::FreePort();
+  return port > 0 ? port : 29500;
 }
 
 // Launches `world` ranks of this binary; returns rank 0's samples/s (or a
 // negative number when a rank failed).
 double LaunchRanks(int world, const std::vector<std::string>& passed) {
-  const std::string rendezvous = absl::StrCat("tcp://127.0.0.1:", FreePort());
+  const std::string rendezvous =
+      absl::StrCat("tcp://127.0.0.1:", RendezvousPort());
   char result_template[] = "/tmp/lpd-distill-ddp-XXXXXX";
   const int result_fd = ::mkstemp(result_template);
   if (result_fd >= 0) ::close(result_fd);

@@ -35,14 +35,14 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
+#include "base/cli_args.h"
 #include "bench/kineto_trace.h"
 #include "bench/random_unet.h"
-#include "common/cli_args.h"
-#include "engine/distill.h"
-#include "engine/fused_ops.h"
-#include "engine/model_loader.h"
-#include "engine/scoring.h"
-#include "engine/unet.h"
+#include "engine/compress/scoring.h"
+#include "engine/kernels/fused_ops.h"
+#include "engine/model/model_loader.h"
+#include "engine/model/unet.h"
+#include "engine/train/distill.h"
 
 namespace {
 

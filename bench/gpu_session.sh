@@ -9,7 +9,7 @@
 #                               and 2 through lpd-worker run (NCCL), then
 #                               bench/distill_ddp SD-v1.5 on 1 and 2 GPUs
 #   bench/gpu_session.sh gate   the quality study's teacher and gate on GPU 0
-#                               (scripts/quality_study_gpus.sh gate), while
+#                               (studies/quality/quality_study_gpus.sh gate), while
 #                               GPUs 2-3 measure distill_ddp variants
 #   bench/gpu_session.sh rows   the quality study's 27 row-seeds on all GPUs,
 #                               then the table
@@ -30,6 +30,12 @@
 #   bench/gpu_session.sh checks the fused kernels against the plain ops
 #                               (unet_forward), and the tiny-sd15 job on one
 #                               GPU through lpd-worker run
+#   bench/gpu_session.sh layout-a   after a move of the house (issue 14):
+#                               build, the tiny models' CUDA forward against
+#                               the reference vectors, the tiny-sd15 job on
+#                               one GPU, unet_forward (graph) twice
+#   bench/gpu_session.sh layout-b   distill_step per case and score_units:
+#                               the other figures issue 14 asks for
 #   bench/gpu_session.sh final  the kernel and graph checks and SD-v1.5, then
 #                               every case with the teacher's forward
 #                               concurrent and not, the tiny models' CUDA
@@ -123,7 +129,7 @@ EOF
         --steps 15 2>&1 | tail -4
     ) >"$out/ddp-variants.txt" 2>&1 &
     variants=$!
-    CUDA_VISIBLE_DEVICES=0 scripts/quality_study_gpus.sh gate build-gpu \
+    CUDA_VISIBLE_DEVICES=0 studies/quality/quality_study_gpus.sh gate build-gpu \
       out/quality --gpus 1 "${@:2}"
     rc=$?
     cp out/quality/study.json "$out/" 2>/dev/null
@@ -135,7 +141,7 @@ EOF
     ;;
   rows)
     build
-    scripts/quality_study_gpus.sh rows build-gpu out/quality "${2:-4}" "${@:3}"
+    studies/quality/quality_study_gpus.sh rows build-gpu out/quality "${2:-4}" "${@:3}"
     rc=$?
     tar -C out/quality --exclude=teacher --exclude='*.safetensors' \
       --exclude='*.ppm' -czf "$out/quality.tgz" .
@@ -221,8 +227,30 @@ EOF
         grep -E '^[A-Z]|graph|check|fused vs'
     done
     ;;
+  layout-a)
+    BUILD_TARGETS="distill_step unet_forward score_units lpd-worker" build
+    tiny_forward_checks
+    tiny_job 1
+    grep -E "CUDA graph|EXPORT: wrote" "$out/dp-job-1.log"
+    for run in 1 2; do
+      echo "== unet_forward, run $run"
+      build-gpu/bench/unet_forward --mode graph --iters 30 2>&1 |
+        grep -E '^[A-Z]|graph|check|fused vs'
+    done
+    ;;
+  layout-b)
+    BUILD_TARGETS="distill_step unet_forward score_units lpd-worker" build
+    for c in sd15 sdxl sdxl-pruned; do
+      echo "== distill_step $c"
+      build-gpu/bench/distill_step --case $c --steps 10 2>&1 |
+        grep -v Warning | tail -2
+    done
+    echo "== score_units"
+    build-gpu/bench/score_units --case all --device cuda --dtype bf16 2>&1 |
+      grep -v Warning | tee "$out/score-units.txt"
+    ;;
   *)
-    echo "usage: $0 dp|gate|rows|scaling|speed|forward|checks|final" >&2
+    echo "usage: $0 dp|gate|rows|scaling|speed|forward|checks|final|layout-a|layout-b" >&2
     exit 2
     ;;
 esac

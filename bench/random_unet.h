@@ -10,9 +10,9 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "common/status_macros.h"
-#include "engine/unet.h"
-#include "engine/unet_config.h"
+#include "base/status_macros.h"
+#include "engine/formats/unet_config.h"
+#include "engine/model/unet.h"
 
 namespace lpd::bench {
 

@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "common/cli_args.h"
+#include "base/cli_args.h"
 #include "lpd/v1/job_service.grpc.pb.h"
 #include "lpd/v1/worker_service.grpc.pb.h"
 

@@ -15,10 +15,10 @@
 #include <string>
 #include <vector>
 
-#include "common/cli_args.h"
-#include "engine/model_loader.h"
-#include "engine/scoring.h"
-#include "engine/unet.h"
+#include "base/cli_args.h"
+#include "engine/compress/scoring.h"
+#include "engine/model/model_loader.h"
+#include "engine/model/unet.h"
 
 namespace {
 

@@ -23,12 +23,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/cli_args.h"
 #include "bench/kineto_trace.h"
-#include "common/cli_args.h"
-#include "engine/fused_ops.h"
-#include "engine/graphed_forward.h"
-#include "engine/model_loader.h"
-#include "engine/unet.h"
+#include "engine/kernels/fused_ops.h"
+#include "engine/model/graphed_forward.h"
+#include "engine/model/model_loader.h"
+#include "engine/model/unet.h"
 
 namespace {
 

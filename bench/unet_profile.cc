@@ -21,9 +21,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "common/cli_args.h"
-#include "engine/model_loader.h"
-#include "engine/unet.h"
+#include "base/cli_args.h"
+#include "engine/model/model_loader.h"
+#include "engine/model/unet.h"
 
 namespace {
 

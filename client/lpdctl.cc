@@ -27,9 +27,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
-#include "client/job_spec.h"
-#include "common/cli_args.h"
-#include "common/grpc_status.h"
+#include "base/cli_args.h"
+#include "base/grpc_status.h"
+#include "job/names.h"
+#include "job/spec.h"
 #include "lpd/v1/job_service.grpc.pb.h"
 
 namespace {
@@ -73,10 +74,10 @@ std::string Lower(absl::string_view s) { return absl::AsciiStrToLower(s); }
 std::string StateName(lpd::v1::JobState state) {
   return Lower(lpd::v1::JobState_Name(state).substr(strlen("JOB_STATE_")));
 }
+// "score", ...; "-" before a job has a phase.
 std::string PhaseName(lpd::v1::Phase phase) {
-  return phase == lpd::v1::PHASE_UNSPECIFIED
-             ? "-"
-             : Lower(lpd::v1::Phase_Name(phase).substr(strlen("PHASE_")));
+  return lpd::job::FindPhase(phase) == nullptr ? "-"
+                                               : lpd::job::PhaseLabel(phase);
 }
 
 std::string FormatTime(int64_t unix_ms) {
@@ -184,7 +185,7 @@ int ExitForState(lpd::v1::JobState state) {
 }
 
 int Submit(const lpd::CliArgs& flags, const std::string& path) {
-  auto spec = lpd::client::LoadJobSpecFile(path);
+  auto spec = lpd::job::LoadJobSpecFile(path);
   if (!spec.ok()) return Fail(spec.status());
   Client client(flags);
   lpd::v1::SubmitJobRequest request;

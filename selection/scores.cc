@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/status_macros.h"
+#include "base/status_macros.h"
 
 namespace lpd::selection {
 namespace {
@@ -66,12 +66,31 @@ absl::StatusOr<std::string> GetString(const nlohmann::json& object,
 
 }  // namespace
 
-bool IsScoreCriterionName(absl::string_view name) {
-  return name == "output_loss" || name == "magnitude" || name == "random";
+std::string ScoreCriterionName(ScoreCriterion criterion) {
+  switch (criterion) {
+    case ScoreCriterion::kOutputLoss:
+      return "output_loss";
+    case ScoreCriterion::kMagnitude:
+      return "magnitude";
+    case ScoreCriterion::kRandom:
+      return "random";
+  }
+  return "unknown";
 }
 
-bool IsUnitKindName(absl::string_view name) {
-  return name == "resnet" || name == "attention" || name == "transformer_block";
+absl::StatusOr<ScoreCriterion> ParseScoreCriterion(const std::string& name) {
+  for (ScoreCriterion c :
+       {ScoreCriterion::kOutputLoss, ScoreCriterion::kMagnitude,
+        ScoreCriterion::kRandom}) {
+    if (ScoreCriterionName(c) == name) return c;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown scoring criterion \"", name,
+                   "\" (expected output_loss, magnitude or random)"));
+}
+
+bool IsScoreCriterionName(absl::string_view name) {
+  return ParseScoreCriterion(std::string(name)).ok();
 }
 
 absl::Status CheckScoreShard(ScoreShard shard) {
@@ -212,7 +231,7 @@ absl::StatusOr<Scores> ScoresFromJson(const nlohmann::json& json) {
   scores.seed = json.at("seed").get<uint64_t>();
   ASSIGN_OR_RETURN(scores.calibration_fingerprint,
                    GetString(json, "calibration_fingerprint"));
-  if (scores.criterion == "output_loss" &&
+  if (scores.criterion == ScoreCriterionName(ScoreCriterion::kOutputLoss) &&
       (scores.calibration_samples < 1 ||
        scores.calibration_fingerprint.empty())) {
     return FieldError("calibration_samples",

@@ -15,16 +15,19 @@
 #include "absl/strings/string_view.h"
 #include "nlohmann/json.hpp"
 #include "selection/knapsack.h"
+#include "selection/units.h"
 
 namespace lpd::selection {
 
-// Whether `name` is a scoring criterion: "output_loss", "magnitude" or
-// "random" ("handcrafted" selects by rule and makes no scores).
+// The scoring criteria, one table for the project (scores.json, the engine's
+// scoring, the job spec): "output_loss", "magnitude", "random"
+// ("handcrafted" selects by rule and makes no scores).
+enum class ScoreCriterion { kOutputLoss, kMagnitude, kRandom };
+std::string ScoreCriterionName(ScoreCriterion criterion);
+// InvalidArgument naming the expected names for anything else.
+absl::StatusOr<ScoreCriterion> ParseScoreCriterion(const std::string& name);
+// Whether ParseScoreCriterion accepts `name`.
 bool IsScoreCriterionName(absl::string_view name);
-
-// Whether `name` is a unit kind: "resnet", "attention" or
-// "transformer_block" (engine::UnitKindName's names).
-bool IsUnitKindName(absl::string_view name);
 
 // A part of the unit list that one worker scores: unit j (in the order of
 // the list) belongs to shard j % count (round robin, which spreads the

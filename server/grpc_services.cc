@@ -12,7 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "common/grpc_status.h"
+#include "base/grpc_status.h"
 
 namespace lpd::server {
 namespace {

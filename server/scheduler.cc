@@ -20,9 +20,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
-#include "client/job_spec.h"
-#include "common/status_macros.h"
+#include "base/status_macros.h"
 #include "google/protobuf/util/message_differencer.h"
+#include "job/spec.h"
 
 namespace lpd::server {
 
@@ -44,12 +44,6 @@ std::string NormalizeUri(absl::string_view uri) {
   return std::string(uri);
 }
 
-std::string LowerPhaseName(Phase phase) {
-  std::string name(PhaseName(phase));
-  for (char& c : name) c = static_cast<char>(std::tolower(c));
-  return name;
-}
-
 // "SCORE shard 2/4" (1-based for people) or "DISTILL".
 std::string TaskLabel(const TaskRecord& task) {
   if (task.phase == lpd::v1::PHASE_SCORE) {
@@ -64,40 +58,6 @@ std::string Hex16(absl::BitGen& gen) {
 }
 
 }  // namespace
-
-double PhaseWeight(Phase phase) {
-  switch (phase) {
-    case lpd::v1::PHASE_SCORE:
-      return 0.10;
-    case lpd::v1::PHASE_SELECT:
-      return 0.02;
-    case lpd::v1::PHASE_DISTILL:
-      return 0.75;
-    case lpd::v1::PHASE_EVALUATE:
-      return 0.08;
-    case lpd::v1::PHASE_EXPORT:
-      return 0.05;
-    default:
-      return 0;
-  }
-}
-
-absl::string_view PhaseName(Phase phase) {
-  switch (phase) {
-    case lpd::v1::PHASE_SCORE:
-      return "SCORE";
-    case lpd::v1::PHASE_SELECT:
-      return "SELECT";
-    case lpd::v1::PHASE_DISTILL:
-      return "DISTILL";
-    case lpd::v1::PHASE_EVALUATE:
-      return "EVALUATE";
-    case lpd::v1::PHASE_EXPORT:
-      return "EXPORT";
-    default:
-      return "UNSPECIFIED";
-  }
-}
 
 struct Scheduler::JobEntry {
   Job job;
@@ -285,8 +245,11 @@ double Scheduler::ComputeProgress(
   if (job.state() == lpd::v1::JOB_STATE_SUCCEEDED) return 1.0;
   if (!IsActive(job.state())) return job.progress();
   double progress = 0;
-  for (int p = lpd::v1::PHASE_SCORE; p < job.phase(); ++p) {
-    progress += PhaseWeight(static_cast<Phase>(p));
+  if (job::FindPhase(job.phase()) != nullptr) {
+    for (const job::PhaseInfo& phase : job::kPhases) {
+      if (phase.phase == job.phase()) break;
+      progress += phase.progress_weight;  // the phases before it, in full
+    }
   }
   double sum = 0;
   int count = 0;
@@ -526,7 +489,7 @@ void Scheduler::AddNextPhase(Change& change, const std::string& job_id,
   Job& job = MutableJob(change, job_id);
   job.set_phase(phase);
   TaskRecord task;
-  task.task_id = absl::StrCat(job_id, "/", LowerPhaseName(phase));
+  task.task_id = absl::StrCat(job_id, "/", job::PhaseLabel(phase));
   task.job_id = job_id;
   task.phase = phase;
   change.tasks[task.task_id] = task;
@@ -594,14 +557,14 @@ absl::StatusOr<const TaskRecord*> Scheduler::LiveLease(
 
 absl::StatusOr<Job> Scheduler::Submit(const lpd::v1::CompressionJob& spec,
                                       const std::string& request_id) {
-  RETURN_IF_ERROR(client::ValidateJobSpec(spec));
+  RETURN_IF_ERROR(job::ValidateJobSpec(spec));
   if (request_id.size() > static_cast<size_t>(kMaxRequestIdLength)) {
     return absl::InvalidArgumentError(
         absl::StrCat("request_id: at most ", kMaxRequestIdLength,
                      " characters, got ", request_id.size()));
   }
   lpd::v1::CompressionJob full = spec;
-  client::ApplyDefaults(&full);
+  job::ApplyDefaults(&full);
   const int64_t now = NowMs();
   Job result;
   RETURN_IF_ERROR(Mutate([&](Change& change) -> absl::Status {
@@ -636,7 +599,7 @@ absl::StatusOr<Job> Scheduler::Submit(const lpd::v1::CompressionJob& spec,
     job.set_id(id);
     *job.mutable_spec() = full;
     job.set_state(lpd::v1::JOB_STATE_QUEUED);
-    job.set_phase(lpd::v1::PHASE_SCORE);
+    job.set_phase(job::FirstPhase());
     job.set_request_id(request_id);
     // Strictly increasing, so that creation order is submission order
     // (List, and which job's tasks go first) even within a millisecond.
@@ -1018,34 +981,29 @@ absl::Status Scheduler::Complete(const lpd::v1::CompleteTaskRequest& request) {
              absl::StrCat(TaskLabel(task), " done on worker ", task.worker_id,
                           request.result_json().empty() ? "" : ": ",
                           request.result_json()));
-    switch (task.phase) {
-      case lpd::v1::PHASE_SCORE: {
-        bool all_done = true;
-        for (const TaskRecord* t : TasksIn(change, job.id())) {
-          if (t->phase == lpd::v1::PHASE_SCORE &&
-              t->state != TaskState::kDone) {
-            all_done = false;
-          }
-        }
-        if (all_done) {
-          job.set_phase(lpd::v1::PHASE_SELECT);
-          AddEvent(change, job, now, "SCORE done; SELECT running");
-          change.selects.push_back(job.id());
-        }
-        break;
+    // The phase is done when all of its tasks are (SCORE has one per shard);
+    // then the phase graph (job/names.h) says what comes next.
+    bool phase_done = true;
+    for (const TaskRecord* t : TasksIn(change, job.id())) {
+      if (t->phase == task.phase && t->state != TaskState::kDone) {
+        phase_done = false;
       }
-      case lpd::v1::PHASE_DISTILL:
-        AddNextPhase(change, job.id(), lpd::v1::PHASE_EVALUATE, now);
-        break;
-      case lpd::v1::PHASE_EVALUATE:
-        AddNextPhase(change, job.id(), lpd::v1::PHASE_EXPORT, now);
-        break;
-      case lpd::v1::PHASE_EXPORT:
+    }
+    if (phase_done) {
+      const Phase next = job::NextPhase(task.phase);
+      if (next == lpd::v1::PHASE_UNSPECIFIED) {
         job.set_state(lpd::v1::JOB_STATE_SUCCEEDED);
         AddEvent(change, job, now, "succeeded");
-        break;
-      default:
-        break;
+      } else if (!job::FindPhase(next)->runs_on_workers) {
+        // SELECT: the scheduler runs it itself, off the store's lock.
+        job.set_phase(next);
+        AddEvent(change, job, now,
+                 absl::StrCat(PhaseName(task.phase), " done; ", PhaseName(next),
+                              " running"));
+        change.selects.push_back(job.id());
+      } else {
+        AddNextPhase(change, job.id(), next, now);
+      }
     }
     return absl::OkStatus();
   });
@@ -1242,7 +1200,8 @@ void Scheduler::SelectLoop() {
         AddEvent(
             change, copy, now,
             absl::StrCat("SELECT done", result->empty() ? "" : ": ", *result));
-        AddNextPhase(change, job_id, lpd::v1::PHASE_DISTILL, now);
+        AddNextPhase(change, job_id, job::NextPhase(lpd::v1::PHASE_SELECT),
+                     now);
         return absl::OkStatus();
       }
       const int attempt = ++select_attempts_[job_id];

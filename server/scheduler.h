@@ -24,7 +24,7 @@
 //                   max_attempts-th time.
 // A failure or cancel of one job never touches another job.
 //
-// Job.progress weighs the phases (kPhaseWeights: SCORE 0.10, SELECT 0.02,
+// Job.progress weighs the phases (job::kPhases: SCORE 0.10, SELECT 0.02,
 // DISTILL 0.75, EVALUATE 0.08, EXPORT 0.05) and, within the current phase,
 // uses the tasks' heartbeat progress (SCORE: the mean over its shards).
 //
@@ -91,6 +91,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "job/names.h"
 #include "lpd/v1/job_service.pb.h"
 #include "lpd/v1/worker_service.pb.h"
 #include "server/job_store.h"
@@ -107,11 +108,9 @@ inline constexpr int kMaxPageSize = 1000;
 // Longest SubmitJobRequest.request_id.
 inline constexpr int kMaxRequestIdLength = 128;
 
-// The share of a job's progress that each phase stands for (they sum to 1).
-double PhaseWeight(lpd::v1::Phase phase);
-
-// "SCORE", "SELECT", ... ("UNSPECIFIED" for anything else).
-absl::string_view PhaseName(lpd::v1::Phase phase);
+// The phases' names and progress weights are the job's (job/names.h).
+using job::PhaseName;
+using job::PhaseWeight;
 
 struct SchedulerOptions {
   // Folder of the job store (`<state_dir>/jobs.db`); created if missing.
@@ -165,7 +164,7 @@ class Scheduler {
 
   // ---- JobService ----
 
-  // Validates `spec` (client::ValidateJobSpec: INVALID_ARGUMENT with the
+  // Validates `spec` (job::ValidateJobSpec: INVALID_ARGUMENT with the
   // field path), applies its defaults and stores the job, its "submitted"
   // event and its SCORE tasks durably before returning the job (QUEUED,
   // phase SCORE, output_uri = spec.output.uri).

@@ -10,7 +10,7 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
-#include "common/status_macros.h"
+#include "base/status_macros.h"
 #include "storage/object_store.h"
 
 namespace lpd::storage {

@@ -17,7 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "common/status_macros.h"
+#include "base/status_macros.h"
 #include "storage/local_file.h"
 #include "storage/local_object_store.h"
 #include "storage/s3_object_store.h"

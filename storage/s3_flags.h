@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "common/cli_args.h"
+#include "base/cli_args.h"
 #include "storage/s3_object_store.h"
 
 namespace lpd::storage {

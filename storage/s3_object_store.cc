@@ -23,7 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
-#include "common/status_macros.h"
+#include "base/status_macros.h"
 #include "storage/local_file.h"
 #include "storage/manifest.h"
 

@@ -27,6 +27,7 @@
 #include "gtest/gtest.h"
 #include "storage/manifest.h"
 #include "storage/test_util.h"
+#include "testing/free_port.h"
 
 namespace lpd::storage {
 namespace {
@@ -40,17 +41,7 @@ using testing_util::WriteLocalFile;
 constexpr char kBucket[] = "lpd-test";
 constexpr int64_t kPart = 64 << 10;  // small parts: s3rver takes them
 
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
+using ::lpd::test::FreePort;
 
 int ConnectLoopback(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

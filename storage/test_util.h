@@ -1,5 +1,5 @@
-// Helpers shared by the storage tests: a fresh temporary folder, small file
-// helpers and a status check.
+// Helpers shared by the storage tests: small file helpers (and, from
+// testing/, a fresh temporary folder and a status check).
 #ifndef LPD_STORAGE_TEST_UTIL_H_
 #define LPD_STORAGE_TEST_UTIL_H_
 
@@ -19,37 +19,14 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "testing/status.h"
+#include "testing/temp_folder.h"
 
 namespace lpd::storage::testing_util {
 
-// A new empty folder under testing::TempDir(), removed with its contents on
-// destruction.
-class TempFolder {
- public:
-  TempFolder() {
-    std::string pattern =
-        (std::filesystem::path(testing::TempDir()) / "lpd-storage-XXXXXX")
-            .string();
-    if (::mkdtemp(pattern.data()) == nullptr) {
-      ADD_FAILURE() << "mkdtemp " << pattern << " failed";
-    }
-    path_ = pattern;
-  }
-  TempFolder(const TempFolder&) = delete;
-  TempFolder& operator=(const TempFolder&) = delete;
-  ~TempFolder() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-
-  const std::string& path() const { return path_; }
-  std::string Sub(const std::string& relative) const {
-    return path_ + "/" + relative;
-  }
-
- private:
-  std::string path_;
-};
+// Temporary folders and status checks are every test's (testing/).
+using ::lpd::test::IsError;
+using ::lpd::test::TempFolder;
 
 inline void WriteLocalFile(const std::string& path, const std::string& data) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -83,27 +60,6 @@ inline std::string PatternBytes(size_t size, uint32_t seed = 1) {
     c = static_cast<char>(x >> 24);
   }
   return out;
-}
-
-// `status` is an error with `code` whose message contains every one of
-// `parts`.
-inline testing::AssertionResult IsError(
-    const absl::Status& status, absl::StatusCode code,
-    std::initializer_list<std::string> parts = {}) {
-  if (status.ok()) return testing::AssertionFailure() << "status is OK";
-  if (status.code() != code) {
-    return testing::AssertionFailure()
-           << "code " << absl::StatusCodeToString(status.code())
-           << " instead of " << absl::StatusCodeToString(code) << ": "
-           << status;
-  }
-  for (const std::string& part : parts) {
-    if (!absl::StrContains(status.message(), part)) {
-      return testing::AssertionFailure()
-             << "message lacks \"" << part << "\": " << status;
-    }
-  }
-  return testing::AssertionSuccess();
 }
 
 }  // namespace lpd::storage::testing_util

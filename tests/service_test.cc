@@ -16,15 +16,15 @@
 #include <thread>
 #include <vector>
 
-#include "client/job_spec.h"
-#include "engine/model_loader.h"
-#include "engine/synthetic_dataset.h"
-#include "engine/unet_config.h"
+#include "engine/data/synthetic_dataset.h"
+#include "engine/formats/unet_config.h"
+#include "engine/model/model_loader.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "job/checkpoints.h"
+#include "job/spec.h"
 #include "lpd/v1/job_service.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "selection/knapsack.h"
-#include "storage/checkpoint_layout.h"
 #include "tests/service_test_support.h"
 #include "tests/worker_test_support.h"
 
@@ -68,7 +68,7 @@ JobOptions Named(const std::string& name, int steps = 8,
 class ServiceTest : public lpd::testing::TempDirTest {
  protected:
   void SetUp() override {
-    TempDirTest::SetUp();
+    lpd::testing::TempDirTest::SetUp();
     WriteDataset(48);
   }
 
@@ -186,7 +186,7 @@ class ServiceTest : public lpd::testing::TempDirTest {
         output +
         "/\"}\n"
         "  seed: 7\n  device: cpu\n";
-    auto spec = lpd::client::ParseJobSpecYaml(yaml, "job.yaml");
+    auto spec = lpd::job::ParseJobSpecYaml(yaml, "job.yaml");
     EXPECT_TRUE(spec.ok()) << spec.status();
     return spec.ok() ? *spec : lpd::v1::CompressionJob();
   }
@@ -671,8 +671,8 @@ TEST_F(ServiceTest, CancelReachesTheWorkerDuringScoreAndDistill) {
   const int64_t step = LatestStep(out);
   EXPECT_GE(step, 10);
   EXPECT_LT(step, 400);
-  EXPECT_TRUE(fs::exists(out + "/" + lpd::storage::CheckpointDir(step) +
-                         "manifest.json"));
+  EXPECT_TRUE(
+      fs::exists(out + "/" + lpd::job::CheckpointDir(step) + "manifest.json"));
   EXPECT_EQ(
       WaitForState(distilling.id(), lpd::v1::JOB_STATE_CANCELLED, 5s).state(),
       lpd::v1::JOB_STATE_CANCELLED);

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "lpd/v1/job_service.grpc.pb.h"
+#include "testing/free_port.h"
 
 namespace lpd::testing {
 
@@ -126,17 +127,7 @@ inline std::string HttpBody(const std::string& response) {
 }
 
 // A TCP port free on 127.0.0.1 just now.
-inline int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  socklen_t length = sizeof(address);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  close(fd);
-  return ntohs(address.sin_port);
-}
+using ::lpd::test::FreePort;
 
 // Polls `done` every 50 ms until it holds or `timeout` passes.
 inline bool WaitFor(const std::function<bool()>& done,

@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <string>
 
-#include "engine/tensor_io.h"
+#include "engine/core/tensor_io.h"
 #include "tests/worker_test_support.h"
 
 namespace {

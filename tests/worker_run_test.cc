@@ -10,14 +10,14 @@
 #include <sstream>
 #include <string>
 
-#include "engine/dataset.h"
-#include "engine/model_loader.h"
-#include "engine/scoring.h"
-#include "engine/synthetic_dataset.h"
-#include "engine/unet_config.h"
+#include "engine/compress/scoring.h"
+#include "engine/data/dataset.h"
+#include "engine/data/synthetic_dataset.h"
+#include "engine/formats/unet_config.h"
+#include "engine/model/model_loader.h"
+#include "job/checkpoints.h"
 #include "nlohmann/json.hpp"
 #include "selection/knapsack.h"
-#include "storage/checkpoint_layout.h"
 #include "tests/worker_test_support.h"
 
 namespace {
@@ -147,10 +147,9 @@ TEST_F(WorkerRunTest, RunsTheWholeJobThenResumesItsCheckpoint) {
   }
   EXPECT_EQ(additivity["samples"].size(), 8 * additivity["by_set_size"].size());
 
-  EXPECT_EQ(ReadText(out + "/checkpoints/LATEST"),
-            lpd::storage::CheckpointName(8));
+  EXPECT_EQ(ReadText(out + "/checkpoints/LATEST"), lpd::job::CheckpointName(8));
   EXPECT_TRUE(
-      fs::exists(out + "/" + lpd::storage::CheckpointDir(4) + "manifest.json"));
+      fs::exists(out + "/" + lpd::job::CheckpointDir(4) + "manifest.json"));
 
   const nlohmann::json report = ReadJson(out + "/report.json");
   EXPECT_EQ(report["job"], "tiny-test");
@@ -185,8 +184,7 @@ TEST_F(WorkerRunTest, RunsTheWholeJobThenResumesItsCheckpoint) {
   EXPECT_THAT(r.output, HasSubstr("8 of 8 steps already done"));
   EXPECT_THAT(r.output, Not(HasSubstr("DISTILL: step ")));
   EXPECT_EQ(ReadText(out + "/plan.json"), first_plan);
-  EXPECT_EQ(ReadText(out + "/checkpoints/LATEST"),
-            lpd::storage::CheckpointName(8));
+  EXPECT_EQ(ReadText(out + "/checkpoints/LATEST"), lpd::job::CheckpointName(8));
   EXPECT_EQ(ReadJson(out + "/report.json")["distill"]["resumed_from"], 8);
 }
 

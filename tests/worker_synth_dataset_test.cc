@@ -6,8 +6,8 @@
 #include <filesystem>
 #include <string>
 
-#include "engine/dataset.h"
-#include "engine/unet_config.h"
+#include "engine/data/dataset.h"
+#include "engine/formats/unet_config.h"
 #include "tests/worker_test_support.h"
 
 namespace {

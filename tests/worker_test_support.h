@@ -11,6 +11,8 @@
 #include <filesystem>
 #include <string>
 
+#include "testing/temp_folder.h"
+
 namespace lpd::testing {
 
 struct CommandResult {
@@ -39,19 +41,7 @@ inline std::string Golden(const std::string& name) {
 }
 
 // A fixture with a fresh temporary folder `dir_`, removed after each test.
-class TempDirTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string pattern =
-        (std::filesystem::path(::testing::TempDir()) / "lpd_test_XXXXXX")
-            .string();
-    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
-  std::string dir_;
-};
+using TempDirTest = ::lpd::test::TempFolderTest;
 
 }  // namespace lpd::testing
 

@@ -24,7 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
-#include "common/remove_tree.h"
+#include "base/remove_tree.h"
 #include "nlohmann/json.hpp"
 
 extern char** environ;

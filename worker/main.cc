@@ -25,20 +25,21 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "client/job_spec.h"
-#include "common/cli_args.h"
+#include "base/cli_args.h"
+#include "base/termination_signals.h"
 #include "common/metrics.h"
 #include "common/metrics_http.h"
-#include "common/termination_signals.h"
-#include "engine/dataset.h"
-#include "engine/forward_runner.h"
-#include "engine/job_tasks.h"
-#include "engine/model_loader.h"
-#include "engine/pipeline.h"
-#include "engine/synthetic_dataset.h"
-#include "engine/unet.h"
-#include "engine/unet_config.h"
+#include "engine/data/dataset.h"
+#include "engine/data/synthetic_dataset.h"
+#include "engine/formats/unet_config.h"
+#include "engine/model/forward_runner.h"
+#include "engine/model/model_loader.h"
+#include "engine/model/unet.h"
+#include "job/names.h"
+#include "job/spec.h"
 #include "nlohmann/json.hpp"
+#include "runtime/job_tasks.h"
+#include "runtime/pipeline.h"
 #include "storage/object_store.h"
 #include "storage/s3_flags.h"
 #include "worker/data_parallel_launcher.h"
@@ -338,15 +339,13 @@ absl::StatusOr<nlohmann::json> RunDistill(const lpd::v1::CompressionJob& job,
       lpd::worker::RunDataParallelDistill(job, launch);
   if (!result.ok()) {
     // The ranks' statuses already name the phase.
-    const absl::string_view message = result.status().message();
-    return absl::StartsWith(message, "DISTILL:")
-               ? result.status()
-               : absl::Status(result.status().code(),
-                              absl::StrCat("DISTILL: ", message));
+    return lpd::job::InPhase(lpd::v1::PHASE_DISTILL, result.status());
   }
   nlohmann::json json = nlohmann::json::parse(*result, nullptr, false);
   if (json.is_discarded() || !json.is_object()) {
-    return absl::InternalError("DISTILL: rank 0's result is not JSON");
+    return lpd::job::InPhase(
+        lpd::v1::PHASE_DISTILL,
+        absl::InternalError("rank 0's result is not JSON"));
   }
   json["ranks"] = ranks;
   return json;
@@ -458,7 +457,7 @@ int RunJobCommand(const std::vector<std::string>& args) {
   if (!s3_config.ok()) return Fail(s3_config.status());
   lpd::storage::SetDefaultS3Config(*s3_config);
   // A spec that cannot be read or is invalid is the caller's mistake: 2.
-  auto job = lpd::client::LoadJobSpecFile(spec_path);
+  auto job = lpd::job::LoadJobSpecFile(spec_path);
   if (!job.ok()) {
     std::fprintf(stderr, "lpd-worker: %s\n", job.status().ToString().c_str());
     return 2;

@@ -16,7 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/grpc_status.h"
+#include "base/grpc_status.h"
 #include "lpd/v1/worker_service.grpc.pb.h"
 
 namespace lpd::worker {

@@ -1,0 +1,46 @@
+// The student (DESIGN §4.5): the teacher with the plan's units removed,
+// built from the teacher's weights, or read back from a distillation
+// checkpoint without the optimizer state (what EVALUATE and EXPORT need).
+#ifndef LPD_ENGINE_TRAIN_STUDENT_H_
+#define LPD_ENGINE_TRAIN_STUDENT_H_
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "engine/model/unet.h"
+#include "storage/object_store.h"
+
+namespace lpd::engine {
+
+// Builds the student: a model of the teacher's config without
+// `removed_units`, every parameter copied from the teacher's parameter of
+// the same name (converted to `tensor_options`' dtype and device; by default
+// the teacher's). Errors for unknown or non-removable units and for a
+// student parameter the teacher lacks or holds with another shape.
+absl::StatusOr<UNet2DConditionModel> MakeStudent(
+    UNet2DConditionModelImpl& teacher,
+    const std::set<std::string>& removed_units,
+    std::optional<torch::TensorOptions> tensor_options = std::nullopt);
+
+// Loads the student weights of the newest complete checkpoint under `prefix`
+// (job/checkpoints.h) into `student`, converted to its dtype and device;
+// reads the checkpoint's trainer.json and student.safetensors only (never
+// the optimizer state), each checked against the checkpoint's manifest.
+// Returns the checkpoint's step, or nullopt when there is no checkpoint
+// (`student` unchanged). FailedPrecondition when the checkpoint removes
+// other units than `student`; DataLoss when its files are malformed or its
+// weights do not match the student's parameters (then `student` is
+// unchanged too); storage errors keep their codes.
+absl::StatusOr<std::optional<int64_t>> LoadLatestStudentWeights(
+    const storage::ObjectStore& store, absl::string_view prefix,
+    UNet2DConditionModelImpl& student);
+
+}  // namespace lpd::engine
+
+#endif  // LPD_ENGINE_TRAIN_STUDENT_H_

@@ -22,7 +22,7 @@
 #include <utility>
 #include <vector>
 
-#include "common/metrics.h"
+#include "metrics/registry.h"
 
 namespace lpd::worker {
 

@@ -1,4 +1,4 @@
-#include "common/metrics.h"
+#include "metrics/registry.h"
 
 #include <cmath>
 #include <cstdio>

@@ -1,4 +1,4 @@
-#include "common/metrics.h"
+#include "metrics/registry.h"
 
 #include <arpa/inet.h>
 #include <gmock/gmock.h>
@@ -14,7 +14,7 @@
 #include <fstream>
 #include <string>
 
-#include "common/metrics_http.h"
+#include "metrics/endpoint.h"
 
 namespace lpd::metrics {
 namespace {

@@ -15,8 +15,8 @@
 // ends. Thread-safe: series update with atomics or a family lock, Serialize
 // may run at any time. Collectors registered with AddCollector run first in
 // each Serialize, to set gauges that are computed when scraped.
-#ifndef LPD_COMMON_METRICS_H_
-#define LPD_COMMON_METRICS_H_
+#ifndef LPD_METRICS_REGISTRY_H_
+#define LPD_METRICS_REGISTRY_H_
 
 #include <atomic>
 #include <cstdint>
@@ -175,4 +175,4 @@ std::string EscapeLabelValue(const std::string& value);
 
 }  // namespace lpd::metrics
 
-#endif  // LPD_COMMON_METRICS_H_
+#endif  // LPD_METRICS_REGISTRY_H_

@@ -5,8 +5,8 @@
 // header, 5 s to send it), so a slow or broken client cannot hold the
 // endpoint for long. No TLS: scrape it on a trusted network, as the Helm
 // chart's ServiceMonitor does.
-#ifndef LPD_COMMON_METRICS_HTTP_H_
-#define LPD_COMMON_METRICS_HTTP_H_
+#ifndef LPD_METRICS_ENDPOINT_H_
+#define LPD_METRICS_ENDPOINT_H_
 
 #include <atomic>
 #include <functional>
@@ -15,7 +15,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
-#include "common/metrics.h"
+#include "metrics/registry.h"
 
 namespace lpd::metrics {
 
@@ -55,4 +55,4 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> ServeRegistry(
 
 }  // namespace lpd::metrics
 
-#endif  // LPD_COMMON_METRICS_HTTP_H_
+#endif  // LPD_METRICS_ENDPOINT_H_

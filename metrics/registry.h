@@ -1,177 +1,87 @@
-// Prometheus metrics without prometheus-cpp (not packaged for Debian 12),
-// after its model: a Registry of metric families (counters, gauges,
-// histograms), each a set of series told apart by label values, serialized in
-// the text exposition format 0.0.4 that Prometheus scrapes and
-// `promtool check metrics` reads.
+// The project's Prometheus metrics over prometheus-cpp (DESIGN §6): a
+// Registry that holds the metric families, declared with prometheus-cpp's
+// builders, and the collectors that set scrape-time values before each
+// collection.
 //
-//   metrics::Registry registry;
-//   auto& jobs = registry.AddGauge("lpd_jobs", "Jobs by state.", {"state"});
-//   jobs.With({"running"}).Set(3);
-//   registry.Serialize();  // "# HELP lpd_jobs Jobs by state.\n# TYPE ..."
+//   auto registry = std::make_shared<metrics::Registry>();
+//   auto& jobs = prometheus::BuildGauge()
+//                    .Name("lpd_jobs")
+//                    .Help("Jobs by state.")
+//                    .Register(registry->families());
+//   jobs.Add({{"state", "running"}}).Set(3);
+//   registry->Serialize();  // "# HELP lpd_jobs Jobs by state.\n# TYPE ..."
 //
-// Names follow the Prometheus guidelines (DESIGN §6): `lpd_` prefix, base
-// units, `_total` for counters, histograms for durations; label values must
-// stay bounded, and a per-job series is removed (Family::Remove) when its job
-// ends. Thread-safe: series update with atomics or a family lock, Serialize
-// may run at any time. Collectors registered with AddCollector run first in
-// each Serialize, to set gauges that are computed when scraped.
+// Names follow the Prometheus guidelines: `lpd_` prefix, base units, `_total`
+// for counters, histograms for durations; label values must stay bounded,
+// and a per-job series is removed (RemoveSeries) when its job ends.
+// prometheus-cpp throws std::invalid_argument for a metric or label name
+// Prometheus would reject and for a family name registered twice: a bug in
+// the binary, caught by its first test. A family without any series is left
+// out of a collection (no HELP or TYPE line either).
 #ifndef LPD_METRICS_REGISTRY_H_
 #define LPD_METRICS_REGISTRY_H_
 
-#include <atomic>
-#include <cstdint>
 #include <functional>
-#include <iterator>
-#include <map>
-#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "prometheus/collectable.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/labels.h"
+#include "prometheus/metric_family.h"
+#include "prometheus/registry.h"
+
 namespace lpd::metrics {
 
-class Counter {
+// Thread-safe: series update at any time; collections (Collect, Serialize)
+// run one at a time, each running every collector first.
+class Registry : public prometheus::Collectable {
  public:
-  // Adds `amount` (>= 0; a negative amount is ignored: counters only rise).
-  void Increment(double amount = 1);
-  // Raises the counter to `total` (a monotonic total kept elsewhere, read
-  // when scraped); a lower total is ignored.
-  void IncrementTo(double total) { Increment(total - value()); }
-  double value() const { return value_.load(); }
+  Registry();
 
- private:
-  std::atomic<double> value_{0};
-};
+  // Where the families are declared, once, at start-up
+  // (prometheus::BuildGauge()...Register(registry.families())).
+  prometheus::Registry& families() { return families_; }
 
-class Gauge {
- public:
-  void Set(double value) { value_.store(value); }
-  void Add(double amount);
-  double value() const { return value_.load(); }
-
- private:
-  std::atomic<double> value_{0};
-};
-
-class Histogram {
- public:
-  // `bounds`: the buckets' upper bounds, increasing (+Inf is implied).
-  explicit Histogram(std::vector<double> bounds);
-  void Observe(double value);
-  // Cumulative counts per bound (the last one is +Inf), sum and count.
-  struct Snapshot {
-    std::vector<double> bounds;
-    std::vector<uint64_t> cumulative;
-    double sum = 0;
-    uint64_t count = 0;
-  };
-  Snapshot snapshot() const;
-
- private:
-  mutable std::mutex mu_;
-  std::vector<double> bounds_;
-  std::vector<uint64_t> counts_;  // per bucket, +Inf last
-  double sum_ = 0;
-  uint64_t count_ = 0;
-};
-
-// Buckets for durations in seconds, 1 ms to ~15 min.
-std::vector<double> DurationBuckets();
-
-// The series of one metric name, one per tuple of label values.
-template <typename Metric>
-class Family {
- public:
-  Family(std::string name, std::string help, std::vector<std::string> labels,
-         std::function<std::unique_ptr<Metric>()> make)
-      : name_(std::move(name)),
-        help_(std::move(help)),
-        labels_(std::move(labels)),
-        make_(std::move(make)) {}
-
-  // The series with these label values (as many as the family's label
-  // names; extra ones are dropped, missing ones are empty), created at
-  // zero on first use. The reference stays valid until Remove or Clear.
-  Metric& With(std::vector<std::string> values) {
-    values.resize(labels_.size());
-    std::lock_guard<std::mutex> lock(mu_);
-    auto& slot = series_[values];
-    if (!slot) slot = make_();
-    return *slot;
-  }
-  void Remove(std::vector<std::string> values) {
-    values.resize(labels_.size());
-    std::lock_guard<std::mutex> lock(mu_);
-    series_.erase(values);
-  }
-  // Removes every series whose values are not in `keep`.
-  void RetainOnly(const std::vector<std::vector<std::string>>& keep) {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = series_.begin(); it != series_.end();) {
-      bool kept = false;
-      for (const auto& k : keep) kept = kept || k == it->first;
-      it = kept ? std::next(it) : series_.erase(it);
-    }
-  }
-  void Clear() {
-    std::lock_guard<std::mutex> lock(mu_);
-    series_.clear();
-  }
-
-  const std::string& name() const { return name_; }
-  const std::string& help() const { return help_; }
-  const std::vector<std::string>& labels() const { return labels_; }
-  // Calls `visit(values, metric)` for every series, in label order.
-  template <typename Visit>
-  void ForEach(Visit&& visit) const {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [values, metric] : series_) visit(values, *metric);
-  }
-
- private:
-  std::string name_, help_;
-  std::vector<std::string> labels_;
-  std::function<std::unique_ptr<Metric>()> make_;
-  mutable std::mutex mu_;
-  std::map<std::vector<std::string>, std::unique_ptr<Metric>> series_;
-};
-
-class Registry {
- public:
-  // Families are created once, at start-up. A name or label name that
-  // Prometheus would reject, or a name used twice, aborts with a message:
-  // it is a bug in the binary, caught by its first test.
-  Family<Counter>& AddCounter(const std::string& name, const std::string& help,
-                              std::vector<std::string> labels = {});
-  Family<Gauge>& AddGauge(const std::string& name, const std::string& help,
-                          std::vector<std::string> labels = {});
-  Family<Histogram>& AddHistogram(const std::string& name,
-                                  const std::string& help,
-                                  std::vector<std::string> labels,
-                                  std::vector<double> bounds);
-  // `collect` runs at the start of every Serialize (scrape-time gauges).
+  // `collect` runs at the start of every collection, in the order added
+  // (scrape-time values, e.g. gauges read from the scheduler). It must not
+  // collect this registry.
   void AddCollector(std::function<void()> collect);
 
-  // Every family in the order added, in the text exposition format.
+  // Runs the collectors, then returns every family that has a series.
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+  // Collect() in the text exposition format 0.0.4.
   std::string Serialize() const;
 
  private:
-  void CheckNew(const std::string& name,
-                const std::vector<std::string>& labels);
-  mutable std::mutex mu_;
+  prometheus::Registry families_;
+  mutable std::mutex mu_;  // one collection at a time
   std::vector<std::function<void()>> collectors_;
-  std::vector<std::unique_ptr<Family<Counter>>> counters_;
-  std::vector<std::unique_ptr<Family<Gauge>>> gauges_;
-  std::vector<std::unique_ptr<Family<Histogram>>> histograms_;
-  // Serialization order: (kind, index).
-  std::vector<std::pair<int, size_t>> order_;
 };
 
-// The exposition format's number syntax: integers without a fraction,
-// shortest round-trip otherwise, +Inf / -Inf / NaN.
-std::string FormatValue(double value);
-// A label value with \, " and newline escaped.
-std::string EscapeLabelValue(const std::string& value);
+// Declares lpd_build_info{version} (always 1), which both binaries serve.
+void AddBuildInfo(Registry& registry, const std::string& version);
+
+// Buckets for durations in seconds, 1 ms to 15 min.
+prometheus::Histogram::BucketBoundaries DurationBuckets();
+
+// Raises `counter` to `total`, a monotonic total kept elsewhere and read
+// when scraped, by incrementing it by the difference; a lower total leaves
+// it as it is (counters only rise).
+void IncrementTo(prometheus::Counter& counter, double total);
+
+// Removes the series of `family` with exactly these labels; nothing when
+// there is none. References to it held elsewhere become invalid.
+template <typename T>
+void RemoveSeries(prometheus::Family<T>& family,
+                  const prometheus::Labels& labels) {
+  if (family.Has(labels)) family.Remove(&family.Add(labels));
+}
 
 }  // namespace lpd::metrics
 

@@ -33,13 +33,15 @@ FROM debian:12-slim
 #   libgrpc++1.51 libprotobuf32 libabsl20220623   gRPC, protobuf, Abseil
 #   libyaml-cpp0.7             job specs (lpdctl, workers)
 #   libsqlite3-0               the scheduler's job store
+#   libprometheus-cpp-core1.0  metrics (lpd-scheduler, lpd-worker)
 #   libcurl4 libssl3           s3:// storage (HTTP, SigV4, SHA-256)
 #   ca-certificates            TLS to S3 endpoints
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libtorch1.13 libgloo0 libopenblas0-pthread \
       libgrpc++1.51 libprotobuf32 libabsl20220623 \
-      libyaml-cpp0.7 libsqlite3-0 libcurl4 libssl3 ca-certificates \
+      libyaml-cpp0.7 libsqlite3-0 libprometheus-cpp-core1.0 libcurl4 libssl3 \
+      ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /build/server/lpd-scheduler /build/worker/lpd-worker \
      /build/client/lpdctl /usr/local/bin/

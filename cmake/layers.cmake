@@ -18,14 +18,14 @@
 cmake_policy(VERSION 3.22)
 
 set(LPD_LAYER_FOLDERS
-    base testing proto common storage selection job engine/formats engine/core
+    base testing proto metrics storage selection job engine/formats engine/core
     engine/kernels engine/model engine/data engine/compress engine/train
     runtime server worker client studies/quality bench tests)
 
 set(LPD_LAYER_base "")
 set(LPD_LAYER_testing "")
 set(LPD_LAYER_proto "")
-set(LPD_LAYER_common base)
+set(LPD_LAYER_metrics base)
 set(LPD_LAYER_storage base)
 set(LPD_LAYER_selection base)
 set(LPD_LAYER_job base proto storage selection)
@@ -43,15 +43,15 @@ set(LPD_LAYER_engine_train base storage job engine/formats engine/core
 set(LPD_LAYER_runtime base proto storage selection job engine/formats
                       engine/core engine/kernels engine/model engine/data
                       engine/compress engine/train)
-set(LPD_LAYER_server base proto common storage selection job runtime)
-set(LPD_LAYER_worker base proto common storage selection job runtime
+set(LPD_LAYER_server base proto metrics storage selection job runtime)
+set(LPD_LAYER_worker base proto metrics storage selection job runtime
                      engine/formats engine/core engine/kernels engine/model
                      engine/data engine/compress engine/train)
 set(LPD_LAYER_client base proto job)
 set(LPD_LAYER_studies_quality base storage selection job engine/formats
                               engine/core engine/kernels engine/model
                               engine/data engine/compress engine/train)
-set(LPD_LAYER_bench base proto common storage selection job runtime
+set(LPD_LAYER_bench base proto metrics storage selection job runtime
                     engine/formats engine/core engine/kernels engine/model
                     engine/data engine/compress engine/train)
 set(LPD_LAYER_tests ${LPD_LAYER_bench} server worker client studies/quality)

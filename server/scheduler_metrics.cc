@@ -1,6 +1,6 @@
 #include "server/scheduler_metrics.h"
 
-#include <vector>
+#include <set>
 
 #include "absl/strings/ascii.h"
 
@@ -19,44 +19,59 @@ std::string StateLabel(lpd::v1::JobState state) {
 void RegisterSchedulerMetrics(metrics::Registry& registry,
                               const Scheduler& scheduler,
                               const std::string& version) {
-  registry
-      .AddGauge("lpd_build_info", "The lpd version of this process (always 1).",
-                {"version"})
-      .With({version})
-      .Set(1);
-  auto& submitted =
-      registry.AddCounter("lpd_jobs_submitted_total",
-                          "Jobs accepted since this scheduler started.");
-  auto& jobs = registry.AddGauge("lpd_jobs", "Jobs by state.", {"state"});
-  auto& progress = registry.AddGauge(
-      "lpd_job_progress_ratio",
-      "Share of a queued or running job done, from 0 to 1.", {"job"});
-  auto& workers = registry.AddGauge(
-      "lpd_workers", "Registered workers, busy (holding a task) or idle.",
-      {"state"});
-  auto& retried = registry.AddCounter(
-      "lpd_tasks_retried_total",
-      "Tasks put back in the queue since this scheduler started, by reason.",
-      {"reason"});
+  metrics::AddBuildInfo(registry, version);
+  prometheus::Registry& families = registry.families();
+  auto& submitted = prometheus::BuildCounter()
+                        .Name("lpd_jobs_submitted_total")
+                        .Help("Jobs accepted since this scheduler started.")
+                        .Register(families)
+                        .Add({});
+  auto& jobs = prometheus::BuildGauge()
+                   .Name("lpd_jobs")
+                   .Help("Jobs by state.")
+                   .Register(families);
+  auto& progress =
+      prometheus::BuildGauge()
+          .Name("lpd_job_progress_ratio")
+          .Help("Share of a queued or running job done, from 0 to 1.")
+          .Register(families);
+  auto& workers =
+      prometheus::BuildGauge()
+          .Name("lpd_workers")
+          .Help("Registered workers, busy (holding a task) or idle.")
+          .Register(families);
+  auto& retried = prometheus::BuildCounter()
+                      .Name("lpd_tasks_retried_total")
+                      .Help(
+                          "Tasks put back in the queue since this scheduler "
+                          "started, by reason.")
+                      .Register(families);
+  // `shown`: the jobs whose progress the last collection exposed.
   registry.AddCollector([&scheduler, &submitted, &jobs, &progress, &workers,
-                         &retried] {
+                         &retried, shown = std::set<std::string>()]() mutable {
     const Scheduler::Stats stats = scheduler.GetStats();
-    submitted.With({}).IncrementTo(static_cast<double>(stats.jobs_submitted));
+    metrics::IncrementTo(submitted, static_cast<double>(stats.jobs_submitted));
     for (const auto& [state, count] : stats.jobs) {
-      jobs.With({StateLabel(state)}).Set(static_cast<double>(count));
+      jobs.Add({{"state", StateLabel(state)}}).Set(static_cast<double>(count));
     }
-    std::vector<std::vector<std::string>> active;
+    std::set<std::string> active;
     for (const auto& [id, ratio] : stats.active_progress) {
-      progress.With({id}).Set(ratio);
-      active.push_back({id});
+      progress.Add({{"job", id}}).Set(ratio);
+      active.insert(id);
     }
-    progress.RetainOnly(active);
-    workers.With({"busy"}).Set(static_cast<double>(stats.workers_busy));
-    workers.With({"idle"}).Set(static_cast<double>(stats.workers_idle));
-    retried.With({"lease_expired"})
-        .IncrementTo(static_cast<double>(stats.tasks_requeued_lease_expired));
-    retried.With({"failed"})
-        .IncrementTo(static_cast<double>(stats.tasks_requeued_failed));
+    for (const std::string& id : shown) {
+      if (!active.contains(id)) metrics::RemoveSeries(progress, {{"job", id}});
+    }
+    shown = std::move(active);
+    workers.Add({{"state", "busy"}})
+        .Set(static_cast<double>(stats.workers_busy));
+    workers.Add({{"state", "idle"}})
+        .Set(static_cast<double>(stats.workers_idle));
+    metrics::IncrementTo(
+        retried.Add({{"reason", "lease_expired"}}),
+        static_cast<double>(stats.tasks_requeued_lease_expired));
+    metrics::IncrementTo(retried.Add({{"reason", "failed"}}),
+                         static_cast<double>(stats.tasks_requeued_failed));
   });
 }
 

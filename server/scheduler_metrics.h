@@ -14,7 +14,7 @@
 
 #include <string>
 
-#include "common/metrics.h"
+#include "metrics/registry.h"
 #include "server/scheduler.h"
 
 namespace lpd::server {

@@ -7,11 +7,16 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <charconv>
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -775,6 +780,122 @@ TEST_F(ServiceTest, ModelThatFailsToLoadFailsOnlyItsJob) {
   const Job failed = WaitForState(bad.id(), lpd::v1::JOB_STATE_FAILED);
   EXPECT_THAT(failed.error(), HasSubstr("config.json"));
   WaitForState(good.id(), lpd::v1::JOB_STATE_SUCCEEDED);
+}
+
+// The shape of a scrape's `lpd_` families (the project's own: a library's
+// families are not ours to pin), one line each, sorted, without duplicates:
+//   "<who> <family> TYPE <type>"            from each `# TYPE` line
+//   "<who> <sample>{<label>,...}"           label names of each sample, sorted
+//   "<who> <sample> le <bound> ... +Inf"    a histogram's bucket bounds
+// Values, HELP texts and label values are left out.
+std::vector<std::string> MetricFamilyShape(const std::string& who,
+                                           const std::string& text) {
+  std::set<std::string> lines;
+  std::map<std::string, std::set<double>> bounds;  // by sample name
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("# TYPE lpd_", 0) == 0) {
+      std::istringstream words(line.substr(7));
+      std::string family, type;
+      words >> family >> type;
+      lines.insert(who + " " + family + " TYPE " + type);
+      continue;
+    }
+    if (line.rfind("lpd_", 0) != 0) continue;
+    const size_t name_end = line.find_first_of("{ ");
+    const std::string name = line.substr(0, name_end);
+    std::set<std::string> labels;
+    size_t at = name_end;
+    if (at < line.size() && line[at] == '{') {
+      ++at;
+      while (at < line.size() && line[at] != '}') {
+        const size_t equals = line.find('=', at);
+        if (equals == std::string::npos) {
+          lines.insert(who + " unparsed: " + line);
+          break;
+        }
+        const std::string label = line.substr(at, equals - at);
+        labels.insert(label);
+        std::string value;
+        at = equals + 2;  // past ="
+        while (at < line.size() && line[at] != '"') {
+          if (line[at] == '\\') ++at;
+          value += line[at++];
+        }
+        ++at;  // past the closing "
+        if (at < line.size() && line[at] == ',') ++at;
+        if (label == "le")
+          bounds[name].insert(std::strtod(value.c_str(), nullptr));
+      }
+    }
+    std::string joined;
+    for (const std::string& label : labels) {
+      joined += (joined.empty() ? "" : ",") + label;
+    }
+    lines.insert(who + " " + name + "{" + joined + "}");
+  }
+  for (const auto& [name, values] : bounds) {
+    std::string line = who + " " + name + " le";
+    for (double bound : values) {
+      char buffer[64];
+      const auto end = std::to_chars(buffer, buffer + sizeof(buffer), bound);
+      line += " " + (std::isinf(bound) ? std::string("+Inf")
+                                       : std::string(buffer, end.ptr));
+    }
+    lines.insert(line);
+  }
+  return {lines.begin(), lines.end()};
+}
+
+// Issue 14's guard: both binaries expose the same families (names, types,
+// label names, bucket bounds) as listed in tests/testdata/
+// metric_families.txt, scraped while a job distills so that the per-job
+// series exist. LPD_UPDATE_METRIC_FAMILIES=1 rewrites the list instead.
+TEST_F(ServiceTest, MetricFamiliesMatchTheCommittedList) {
+  StartScheduler();
+  StartWorker("w1");
+  ASSERT_TRUE(
+      WaitFor([&] { return fs::exists(dir_ + "/w1.metrics-port"); }, 20s));
+  const int worker_port = std::stoi(ReadFileText(dir_ + "/w1.metrics-port"));
+  const Job job = MustSubmit(Named("families", 400, 200));
+  const std::string progress =
+      "lpd_job_progress_ratio{job=\"" + job.id() + "\"}";
+  const std::string loss = "lpd_distill_loss{job=\"" + job.id() + "\"";
+  std::string scheduler_text, worker_text;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        worker_text = HttpBody(lpd::testing::HttpGet(worker_port, "/metrics"));
+        scheduler_text =
+            HttpBody(lpd::testing::HttpGet(metrics_port_, "/metrics"));
+        return worker_text.find(loss) != std::string::npos &&
+               scheduler_text.find(progress) != std::string::npos;
+      },
+      180s))
+      << scheduler_text << "\n"
+      << worker_text << "\n"
+      << DescribeLogs();
+
+  std::vector<std::string> shape =
+      MetricFamilyShape("scheduler", scheduler_text);
+  const std::vector<std::string> worker_shape =
+      MetricFamilyShape("worker", worker_text);
+  shape.insert(shape.end(), worker_shape.begin(), worker_shape.end());
+  std::string actual;
+  for (const std::string& line : shape) actual += line + "\n";
+  if (const char* update = std::getenv("LPD_UPDATE_METRIC_FAMILIES");
+      update != nullptr && std::string(update) == "1") {
+    std::ofstream(LPD_METRIC_FAMILIES_FILE) << actual;
+  }
+  EXPECT_EQ(actual, ReadFileText(LPD_METRIC_FAMILIES_FILE))
+      << "scheduler:\n"
+      << scheduler_text << "\nworker:\n"
+      << worker_text;
+
+  lpd::v1::CancelJobRequest cancel;
+  cancel.set_job_id(job.id());
+  Job cancelled;
+  grpc::ClientContext context;
+  EXPECT_TRUE(stub_->CancelJob(&context, cancel, &cancelled).ok());
 }
 
 }  // namespace

@@ -22,7 +22,7 @@
 #include <utility>
 #include <vector>
 
-#include "common/metrics.h"
+#include "metrics/registry.h"
 
 namespace lpd::worker {
 
@@ -39,9 +39,9 @@ class WorkerMetrics {
   void TaskEnded(const std::string& job);
 
  private:
-  metrics::Histogram& step_seconds_;
-  metrics::Family<metrics::Gauge>& loss_;
-  metrics::Counter& units_scored_;
+  prometheus::Histogram& step_seconds_;
+  prometheus::Family<prometheus::Gauge>& loss_;
+  prometheus::Counter& units_scored_;
 };
 
 }  // namespace lpd::worker

@@ -5,8 +5,14 @@
 // header, 5 s to send it), so a slow or broken client cannot hold the
 // endpoint for long. No TLS: scrape it on a trusted network, as the Helm
 // chart's ServiceMonitor does.
-#ifndef LPD_COMMON_METRICS_HTTP_H_
-#define LPD_COMMON_METRICS_HTTP_H_
+//
+// Not prometheus-cpp's Exposer: Debian 12's civetweb (which it runs on)
+// starts its threads with a fixed 100 KiB stack, and glibc refuses a thread
+// whose stack is smaller than the process's static TLS; lpd-worker's is
+// about 106 KiB (OpenBLAS, glog, LibTorch), so the Exposer fails there with
+// "Cannot create threads".
+#ifndef LPD_METRICS_ENDPOINT_H_
+#define LPD_METRICS_ENDPOINT_H_
 
 #include <atomic>
 #include <functional>
@@ -15,7 +21,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
-#include "common/metrics.h"
+#include "metrics/registry.h"
 
 namespace lpd::metrics {
 
@@ -55,4 +61,4 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> ServeRegistry(
 
 }  // namespace lpd::metrics
 
-#endif  // LPD_COMMON_METRICS_HTTP_H_
+#endif  // LPD_METRICS_ENDPOINT_H_

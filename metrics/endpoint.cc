@@ -1,4 +1,4 @@
-#include "common/metrics_http.h"
+#include "metrics/endpoint.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

@@ -8,7 +8,7 @@
 //                       scores/shard-I-of-N.json   (ScoresToJson of shard I)
 //                       handcrafted.json           (handcrafted: N is 1, and
 //                                                   no shard file is written)
-//   SELECT              scores.json, plan.json     (selection/select_phase.h,
+//   SELECT              scores.json, plan.json     (runtime/select_phase.h,
 //                                                   no LibTorch)
 //   DISTILL             additivity.json (output_loss, when missing or made
 //                       for another plan size), checkpoints/step-N/...,
@@ -16,7 +16,7 @@
 //   EVALUATE            report.json
 //   EXPORT              final/
 //
-// Determinism is that of the local pipeline (engine/pipeline.h): the split of
+// Determinism is that of the local pipeline (runtime/pipeline.h): the split of
 // the training set, the calibration batches, the training batches and the
 // held-out batches are functions of spec.seed only, so a retried task
 // computes what the failed attempt would have. A SCORE task reuses its shard
@@ -88,7 +88,7 @@ struct TaskContext {
   // additivity.json by DISTILL (4 sizes around the plan's; 0: no check).
   int additivity_sets_per_size = 8;
   // DISTILL only: this process is one rank of a data-parallel group
-  // (engine/data_parallel.h; worker/data_parallel_launcher.h starts one
+  // (engine/train/data_parallel.h; worker/data_parallel_launcher.h starts one
   // process per rank). The device becomes the rank's own
   // (DataParallelDevice: cuda:<local rank> for "cuda"/auto; the CPU stays
   // the CPU); every rank reads the plan, the checkpoint and the data, rank 0

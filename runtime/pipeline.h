@@ -1,6 +1,6 @@
 // The local pipeline (`lpd-worker run JOB.yaml`): one compression job run on
 // one machine, phase after phase (DESIGN §3.2), as the tasks of
-// engine/job_tasks.h and selection/select_phase.h run in sequence (one SCORE
+// runtime/job_tasks.h and runtime/select_phase.h run in sequence (one SCORE
 // shard), so the local run and the service share one code path:
 //
 //   SCORE     units.json, scores/shard-0-of-1.json (handcrafted:
@@ -9,7 +9,7 @@
 //                                      handcrafted rule)
 //   DISTILL   additivity.json (output_loss), checkpoints/step-N/...,
 //             checkpoints/LATEST, distill.json
-//   EVALUATE  report.json   held-out evaluation (engine/evaluation.h)
+//   EVALUATE  report.json   held-out evaluation (engine/compress/evaluation.h)
 //   EXPORT    final/        the student in the diffusers layout
 //
 // everything written through the storage interface under spec.output.uri.

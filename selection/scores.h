@@ -1,8 +1,8 @@
 // The result of one-shot unit scoring (DESIGN §4.3) as data: the content of
 // `scores.json` and of the per-shard score files, without LibTorch, so that
 // the scheduler's SELECT phase can read, check and merge them. The scoring
-// itself (which needs the U-Net) is engine/scoring.h, which re-exports these
-// names into lpd::engine.
+// itself (which needs the U-Net) is engine/compress/scoring.h, which re-exports
+// these names into lpd::engine.
 #ifndef LPD_SELECTION_SCORES_H_
 #define LPD_SELECTION_SCORES_H_
 

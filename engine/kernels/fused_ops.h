@@ -1,9 +1,9 @@
 // Fused forms of the U-Net's memory-bound steps. On a CUDA tensor laid out
 // as the kernels expect they run the engine's own CUDA kernels
-// (engine/cuda/); otherwise the same arithmetic in plain LibTorch ops, which
-// is also what the CPU tests check. When a gradient is needed, GroupNormAct,
-// Geglu, AddLayerNorm and LinearOp become one autograd node each whose
-// backward is a fused kernel too, saving only their inputs and statistics
+// (engine/kernels/cuda/); otherwise the same arithmetic in plain LibTorch ops,
+// which is also what the CPU tests check. When a gradient is needed,
+// GroupNormAct, Geglu, AddLayerNorm and LinearOp become one autograd node each
+// whose backward is a fused kernel too, saving only their inputs and statistics
 // (less memory and fewer kernels than the plain ops' graph).
 #ifndef LPD_ENGINE_KERNELS_FUSED_OPS_H_
 #define LPD_ENGINE_KERNELS_FUSED_OPS_H_

@@ -2,12 +2,15 @@
 // selection beat the alternatives on a model we train ourselves? One process
 // does:
 //
-//   1. generates the shapes dataset (engine/shapes_dataset.h): train and
+//   1. generates the shapes dataset (studies/quality/shapes_dataset.h): train
+//   and
 //      held-out scenes, the fixed text encoder, the empty prompt (~1 s);
-//   2. trains the teacher from scratch (engine/train_scratch.h; ε-MSE with
+//   2. trains the teacher from scratch (studies/quality/train_scratch.h; ε-MSE
+//   with
 //      conditioning dropout for classifier-free guidance), or loads it from
 //      --teacher DIR, and saves it to OUT/teacher (diffusers layout);
-//   3. trains the adherence classifier (engine/adherence_classifier.h), or
+//   3. trains the adherence classifier
+//   (studies/quality/adherence_classifier.h), or
 //      loads it (--classifier FILE), saves it to OUT/classifier.safetensors
 //      and measures it on held-out real data: per-head accuracy, the
 //      adherence of real images to their own prompts (the ceiling) and to
@@ -19,7 +22,8 @@
 //      --gate-fraction of the gap from chance to the ceiling, else the study
 //      stops (exit 3) unless --allow-failed-gate. Every scale's samples go to
 //      OUT/teacher_samples.safetensors (the PSNR reference of the rows);
-//   5. measures additivity (engine/additivity.h) of the output-loss scores:
+//   5. measures additivity (engine/compress/additivity.h) of the output-loss
+//   scores:
 //      OUT/additivity.json and OUT/additivity.csv; writes OUT/study.json
 //      (teacher, classifier, gate with the sweep and the chosen scale,
 //      timings);

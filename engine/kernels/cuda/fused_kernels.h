@@ -1,5 +1,5 @@
 // Launchers of the engine's fused CUDA kernels. Plain CUDA C++ (no LibTorch)
-// so that nvcc compiles them quickly; engine/fused_ops.cc calls them.
+// so that nvcc compiles them quickly; engine/kernels/fused_ops.cc calls them.
 #ifndef LPD_ENGINE_KERNELS_CUDA_FUSED_KERNELS_H_
 #define LPD_ENGINE_KERNELS_CUDA_FUSED_KERNELS_H_
 

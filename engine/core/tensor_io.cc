@@ -7,6 +7,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "base/status_macros.h"
 #include "engine/core/torch_errors.h"
 
@@ -161,6 +162,10 @@ absl::Status WriteTensors(const std::string& path,
     }));
   }
   return writer->Finish();
+}
+
+std::string ShapeString(torch::IntArrayRef shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
 }
 
 }  // namespace lpd::engine

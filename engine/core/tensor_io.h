@@ -14,6 +14,9 @@
 
 namespace lpd::engine {
 
+// "[2,4,64,64]": a shape for messages.
+std::string ShapeString(torch::IntArrayRef shape);
+
 // torch dtype of a safetensors dtype, and back (Unimplemented for dtypes the
 // other side lacks).
 torch::Dtype ToTorchDtype(SafetensorsDtype dtype);

@@ -49,10 +49,6 @@ std::string Join(const std::vector<std::string>& names, size_t limit = 20) {
   return text;
 }
 
-std::string ShapeString(torch::IntArrayRef shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
-}
-
 }  // namespace
 
 UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetOptions& options)

@@ -1144,39 +1144,15 @@ absl::StatusOr<std::optional<int64_t>> DistillTrainer::ResumeLocal(
   ASSIGN_OR_RETURN(storage::Manifest manifest,
                    storage::ReadManifest(store, dir));
 
-  ASSIGN_OR_RETURN(
-      std::string trainer_text,
-      storage::VerifiedGet(store, dir, manifest, kTrainerStateName));
-  nlohmann::json trainer =
-      nlohmann::json::parse(trainer_text, nullptr, /*allow_exceptions=*/false);
   const std::string where = store.UriOf(dir);
-  if (trainer.is_discarded() || !trainer.is_object() ||
-      !trainer.contains("step") || !trainer["step"].is_number_integer() ||
-      !trainer.contains("removed_units") ||
-      !trainer["removed_units"].is_array()) {
-    return absl::DataLossError(
-        absl::StrCat(where, kTrainerStateName, ": malformed trainer state"));
-  }
-  std::set<std::string> removed;
-  for (const auto& id : trainer["removed_units"]) {
-    if (!id.is_string()) {
-      return absl::DataLossError(
-          absl::StrCat(where, kTrainerStateName, ": malformed removed_units"));
-    }
-    removed.insert(id.get<std::string>());
-  }
-  if (removed != removed_) {
+  ASSIGN_OR_RETURN(TrainerState state, ReadTrainerState(store, dir, manifest));
+  RETURN_IF_ERROR(CheckRemovedUnits(state, removed_, where, "trainer"));
+  if (state.precision != PrecisionName(options_.precision)) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "checkpoint ", where, " removes {", absl::StrJoin(removed, ", "),
-        "}, this trainer {", absl::StrJoin(removed_, ", "), "}"));
-  }
-  const std::string precision = trainer.value("precision", std::string());
-  if (precision != PrecisionName(options_.precision)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "checkpoint ", where, " was written in precision \"", precision,
+        "checkpoint ", where, " was written in precision \"", state.precision,
         "\", this trainer uses \"", PrecisionName(options_.precision), "\""));
   }
-  const int64_t step = trainer["step"].get<int64_t>();
+  const int64_t step = state.step;
 
   ASSIGN_OR_RETURN(ScratchFolder temp, ScratchFolder::Make("lpd-distill-"));
   RETURN_IF_ERROR(storage::VerifiedGetToFile(store, dir, manifest,
@@ -1194,18 +1170,7 @@ absl::StatusOr<std::optional<int64_t>> DistillTrainer::ResumeLocal(
   RETURN_IF_ERROR(GuardTorch("restoring the checkpoint", [&]() -> absl::Status {
     const auto optimized = OptimizedTensors();
     // Check everything before changing anything.
-    for (const auto& [name, tensor] : optimized) {
-      auto found = weights.find(name);
-      if (found == weights.end() || found->second.sizes() != tensor.sizes()) {
-        return absl::DataLossError(absl::StrCat(
-            where, kStudentWeightsName, ": missing or mis-shaped ", name));
-      }
-    }
-    if (weights.size() != optimized.size()) {
-      return absl::DataLossError(
-          absl::StrCat(where, kStudentWeightsName, ": holds ", weights.size(),
-                       " tensors, the student ", optimized.size()));
-    }
+    RETURN_IF_ERROR(CheckStudentWeights(weights, optimized, where));
     for (const auto& [name, tensor] : optimized) {
       if (!opt_state.count(absl::StrCat("opt.", name, ".step"))) continue;
       auto avg = opt_state.find(absl::StrCat("opt.", name, ".exp_avg"));

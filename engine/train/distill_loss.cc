@@ -7,17 +7,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
+#include "engine/core/tensor_io.h"
 #include "engine/core/torch_errors.h"
 
 namespace lpd::engine {
-namespace {
-
-std::string ShapeString(torch::IntArrayRef shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
-}
-
-}  // namespace
-
 bool IsDistilledFeature(absl::string_view capture_name) {
   return capture_name == "mid_block" ||
          absl::StartsWith(capture_name, "down_blocks.") ||

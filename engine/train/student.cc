@@ -18,14 +18,6 @@
 #include "storage/manifest.h"
 
 namespace lpd::engine {
-namespace {
-
-std::string ShapeString(torch::IntArrayRef shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
-}
-
-}  // namespace
-
 absl::StatusOr<UNet2DConditionModel> MakeStudent(
     UNet2DConditionModelImpl& teacher,
     const std::set<std::string>& removed_units,
@@ -66,6 +58,65 @@ absl::StatusOr<UNet2DConditionModel> MakeStudent(
       });
 }
 
+absl::StatusOr<TrainerState> ReadTrainerState(
+    const storage::ObjectStore& store, absl::string_view dir,
+    const storage::Manifest& manifest) {
+  ASSIGN_OR_RETURN(
+      std::string text,
+      storage::VerifiedGet(store, dir, manifest, job::kTrainerStateName));
+  const nlohmann::json trainer =
+      nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  const std::string where = store.UriOf(dir);
+  if (trainer.is_discarded() || !trainer.is_object() ||
+      !trainer.contains("step") || !trainer["step"].is_number_integer() ||
+      !trainer.contains("removed_units") ||
+      !trainer["removed_units"].is_array()) {
+    return absl::DataLossError(absl::StrCat(where, job::kTrainerStateName,
+                                            ": malformed trainer state"));
+  }
+  TrainerState state;
+  for (const auto& id : trainer["removed_units"]) {
+    if (!id.is_string()) {
+      return absl::DataLossError(absl::StrCat(where, job::kTrainerStateName,
+                                              ": malformed removed_units"));
+    }
+    state.removed_units.insert(id.get<std::string>());
+  }
+  state.step = trainer["step"].get<int64_t>();
+  state.precision = trainer.value("precision", std::string());
+  return state;
+}
+
+absl::Status CheckRemovedUnits(const TrainerState& state,
+                               const std::set<std::string>& removed_units,
+                               absl::string_view where,
+                               absl::string_view holder) {
+  if (state.removed_units == removed_units) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("checkpoint ", where, " removes {",
+                   absl::StrJoin(state.removed_units, ", "), "}, this ", holder,
+                   " {", absl::StrJoin(removed_units, ", "), "}"));
+}
+
+absl::Status CheckStudentWeights(
+    const std::map<std::string, torch::Tensor>& weights,
+    const std::vector<std::pair<std::string, torch::Tensor>>& expected,
+    absl::string_view where) {
+  for (const auto& [name, tensor] : expected) {
+    auto found = weights.find(name);
+    if (found == weights.end() || found->second.sizes() != tensor.sizes()) {
+      return absl::DataLossError(absl::StrCat(
+          where, job::kStudentWeightsName, ": missing or mis-shaped ", name));
+    }
+  }
+  if (weights.size() != expected.size()) {
+    return absl::DataLossError(absl::StrCat(
+        where, job::kStudentWeightsName, ": holds ", weights.size(),
+        " tensors, the student ", expected.size()));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::optional<int64_t>> LoadLatestStudentWeights(
     const storage::ObjectStore& store, absl::string_view prefix,
     UNet2DConditionModelImpl& student) {
@@ -77,59 +128,26 @@ absl::StatusOr<std::optional<int64_t>> LoadLatestStudentWeights(
   const std::string where = store.UriOf(dir);
   ASSIGN_OR_RETURN(storage::Manifest manifest,
                    storage::ReadManifest(store, dir));
-  ASSIGN_OR_RETURN(
-      std::string trainer_text,
-      storage::VerifiedGet(store, dir, manifest, job::kTrainerStateName));
-  const nlohmann::json trainer =
-      nlohmann::json::parse(trainer_text, nullptr, /*allow_exceptions=*/false);
-  if (trainer.is_discarded() || !trainer.is_object() ||
-      !trainer.contains("step") || !trainer["step"].is_number_integer() ||
-      !trainer.contains("removed_units") ||
-      !trainer["removed_units"].is_array()) {
-    return absl::DataLossError(absl::StrCat(where, job::kTrainerStateName,
-                                            ": malformed trainer state"));
-  }
-  std::set<std::string> removed;
-  for (const auto& id : trainer["removed_units"]) {
-    if (!id.is_string()) {
-      return absl::DataLossError(absl::StrCat(where, job::kTrainerStateName,
-                                              ": malformed removed_units"));
-    }
-    removed.insert(id.get<std::string>());
-  }
-  if (removed != student.removed_units()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("checkpoint ", where, " removes {",
-                     absl::StrJoin(removed, ", "), "}, this student {",
-                     absl::StrJoin(student.removed_units(), ", "), "}"));
-  }
+  ASSIGN_OR_RETURN(TrainerState state, ReadTrainerState(store, dir, manifest));
+  RETURN_IF_ERROR(
+      CheckRemovedUnits(state, student.removed_units(), where, "student"));
   ASSIGN_OR_RETURN(ScratchFolder scratch, ScratchFolder::Make("lpd-student-"));
   const std::string file = scratch.File(job::kStudentWeightsName);
   RETURN_IF_ERROR(storage::VerifiedGetToFile(store, dir, manifest,
                                              job::kStudentWeightsName, file));
   ASSIGN_OR_RETURN(auto weights, ReadAllTensors(file, torch::kCPU));
   RETURN_IF_ERROR(GuardTorch("loading the student", [&]() -> absl::Status {
-    auto params = student.named_parameters(/*recurse=*/true);
+    std::vector<std::pair<std::string, torch::Tensor>> params;
+    for (const auto& item : student.named_parameters(/*recurse=*/true)) {
+      params.emplace_back(item.key(), item.value());
+    }
     // Check everything before changing anything.
-    for (const auto& item : params) {
-      auto found = weights.find(item.key());
-      if (found == weights.end() ||
-          found->second.sizes() != item.value().sizes()) {
-        return absl::DataLossError(absl::StrCat(where, job::kStudentWeightsName,
-                                                ": missing or mis-shaped ",
-                                                item.key()));
-      }
-    }
-    if (weights.size() != params.size()) {
-      return absl::DataLossError(absl::StrCat(
-          where, job::kStudentWeightsName, ": holds ", weights.size(),
-          " tensors, the student ", params.size()));
-    }
+    RETURN_IF_ERROR(CheckStudentWeights(weights, params, where));
     torch::NoGradGuard no_grad;
-    for (auto& item : params) item.value().copy_(weights.at(item.key()));
+    for (auto& [name, param] : params) param.copy_(weights.at(name));
     return absl::OkStatus();
   }));
-  return std::optional<int64_t>(trainer["step"].get<int64_t>());
+  return std::optional<int64_t>(state.step);
 }
 
 }  // namespace lpd::engine

@@ -7,13 +7,17 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "engine/model/unet.h"
+#include "storage/manifest.h"
 #include "storage/object_store.h"
 
 namespace lpd::engine {
@@ -27,6 +31,35 @@ absl::StatusOr<UNet2DConditionModel> MakeStudent(
     UNet2DConditionModelImpl& teacher,
     const std::set<std::string>& removed_units,
     std::optional<torch::TensorOptions> tensor_options = std::nullopt);
+
+// What a checkpoint's trainer.json records.
+struct TrainerState {
+  int64_t step = 0;
+  std::set<std::string> removed_units;
+  std::string precision;  // the trainer's precision name; "" if unrecorded
+};
+
+// Reads the trainer.json of the checkpoint in `dir`, checked against its
+// `manifest`. DataLoss naming the file when it is malformed; storage errors
+// keep their codes.
+absl::StatusOr<TrainerState> ReadTrainerState(
+    const storage::ObjectStore& store, absl::string_view dir,
+    const storage::Manifest& manifest);
+
+// FailedPrecondition unless the checkpoint at `where` (its URI) removes
+// exactly `removed_units`; `holder` names what it is loaded into ("trainer",
+// "student").
+absl::Status CheckRemovedUnits(const TrainerState& state,
+                               const std::set<std::string>& removed_units,
+                               absl::string_view where,
+                               absl::string_view holder);
+
+// DataLoss (naming the checkpoint's student.safetensors at `where`) unless
+// `weights` holds exactly the tensors of `expected`, by name and shape.
+absl::Status CheckStudentWeights(
+    const std::map<std::string, torch::Tensor>& weights,
+    const std::vector<std::pair<std::string, torch::Tensor>>& expected,
+    absl::string_view where);
 
 // Loads the student weights of the newest complete checkpoint under `prefix`
 // (job/checkpoints.h) into `student`, converted to its dtype and device;

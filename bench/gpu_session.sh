@@ -51,7 +51,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 build() {
   local start=$SECONDS
   if [ ! -f build-gpu/build.ninja ]; then
-    cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DLPD_RELEASE_OPT=-O3 \
       -DLPD_BUILD_TESTS=OFF -DLPD_BUILD_FUZZERS=OFF $LPD_CMAKE_ARGS \
       >out/cmake.log 2>&1 || { tail -30 out/cmake.log; exit 1; }
   fi

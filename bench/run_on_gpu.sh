@@ -9,7 +9,7 @@ out=${OUT:-out/gpu}
 mkdir -p "$out"
 source .gpu-debs/device-env.sh
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DLPD_BUILD_TESTS=OFF \
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DLPD_RELEASE_OPT=-O3 -DLPD_BUILD_TESTS=OFF \
   $LPD_CMAKE_ARGS > "$out/cmake.log" 2>&1 || { tail -30 "$out/cmake.log"; exit 1; }
 time cmake --build build-gpu --target unet_forward unet_profile lpd-worker -- -k 0 > "$out/build.log" 2>&1 ||
   { grep -E "error|FAILED" "$out/build.log" | head -30; }

@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/cli_args.h"
 #include "bench/kineto_trace.h"
+#include "engine/core/cpu_threads.h"
 #include "engine/kernels/fused_ops.h"
 #include "engine/model/graphed_forward.h"
 #include "engine/model/model_loader.h"
@@ -246,7 +247,7 @@ int main(int argc, char** argv) {
   }
   if (auto threads = flags->GetInt("threads", 0);
       threads.ok() && *threads > 0) {
-    torch::set_num_threads(static_cast<int>(*threads));
+    lpd::engine::SetCpuThreads(static_cast<int>(*threads));
   }
   at::globalContext().setBenchmarkCuDNN(true);
   CheckKernels(*device, *dtype);

@@ -591,6 +591,12 @@ void CheckJob(const CompressionJob& job, std::vector<Problem>* problems) {
     check.Add("spec.prune.criterion",
               absl::StrCat("unknown value ", prune.criterion()));
   }
+  check.AtLeast("spec.prune.additivity_sets", prune.additivity_sets(), 0);
+  if (prune.additivity_sets() > kMaxAdditivitySets) {
+    check.Add("spec.prune.additivity_sets",
+              absl::StrCat("must be <= ", kMaxAdditivitySets, ", got ",
+                           prune.additivity_sets()));
+  }
   bool has[4] = {false, false, false, false};
   bool units_ok = true;
   for (int i = 0; i < prune.units_size(); ++i) {
@@ -1333,6 +1339,9 @@ void ApplyDefaults(CompressionJob* job) {
   }
   if (prune->units_size() == 0) {
     for (PruneUnit unit : d.units) prune->add_units(unit);
+  }
+  if (!prune->has_additivity_sets()) {
+    prune->set_additivity_sets(d.additivity_sets);
   }
 
   DistillSpec* distill = spec->mutable_distill();

@@ -40,6 +40,8 @@ inline constexpr absl::string_view kJobKind = "CompressionJob";
 
 // Larger YAML input is rejected before parsing.
 inline constexpr std::size_t kMaxJobSpecBytes = 1 << 20;
+// Most spec.prune.additivity_sets.
+inline constexpr int kMaxAdditivitySets = 64;
 // Error messages list at most this many problems, then "... and N more".
 inline constexpr int kMaxReportedErrors = 20;
 // At most this many metadata.labels.
@@ -63,6 +65,7 @@ struct JobSpecDefaults {
   // transformers (SD-v1.x/2.x) the two are the same.
   std::array<lpd::v1::PruneUnit, 2> units = {
       lpd::v1::PRUNE_UNIT_RESNET, lpd::v1::PRUNE_UNIT_TRANSFORMER_BLOCK};
+  int32_t additivity_sets = 8;
   // spec.distill
   int32_t steps = 20000;
   int32_t batch_size = 16;

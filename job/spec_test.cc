@@ -171,6 +171,7 @@ TEST(JobSpecTest, MissingFieldsGetTheDocumentedDefaults) {
   EXPECT_THAT(spec.prune().units(),
               ElementsAre(lpd::v1::PRUNE_UNIT_RESNET,
                           lpd::v1::PRUNE_UNIT_TRANSFORMER_BLOCK));
+  EXPECT_EQ(spec.prune().additivity_sets(), 8);
   EXPECT_EQ(spec.distill().steps(), 20000);
   EXPECT_EQ(spec.distill().batch_size(), 16);
   EXPECT_EQ(spec.distill().learning_rate(), 5e-5);
@@ -566,6 +567,16 @@ INSTANTIATE_TEST_SUITE_P(
                              "    eval_samples: -1\n"),
                   "job.yaml:10:19: spec.data.eval_samples: must be >= 0, got "
                   "-1"},
+        RangeCase{"NegativeAdditivitySets",
+                  Job("  prune:\n"
+                      "    additivity_sets: -1\n"),
+                  "job.yaml:12:22: spec.prune.additivity_sets: must be >= 0, "
+                  "got -1"},
+        RangeCase{"TooManyAdditivitySets",
+                  Job("  prune:\n"
+                      "    additivity_sets: 65\n"),
+                  "job.yaml:12:22: spec.prune.additivity_sets: must be <= 64, "
+                  "got 65"},
         RangeCase{"AttentionWithTransformerBlock",
                   Job("  prune:\n"
                       "    units: [resnet, attention, transformer_block]\n"),
@@ -722,6 +733,7 @@ spec:
     target_ratio: 0.5
     criterion: output_loss
     units: [resnet, transformer_block]
+    additivity_sets: 8
   distill:
     steps: 20000
     batch_size: 16

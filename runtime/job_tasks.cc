@@ -25,6 +25,7 @@
 #include "engine/compress/additivity.h"
 #include "engine/compress/export.h"
 #include "engine/compress/scoring.h"
+#include "engine/core/cpu_threads.h"
 #include "engine/core/torch_errors.h"
 #include "engine/data/dataset.h"
 #include "engine/data/noise_schedule.h"
@@ -202,7 +203,7 @@ absl::Status CheckContext(const TaskContext& ctx) {
         "task options: eval_batch_size must be >= 1, latency_runs, threads "
         "and log_every >= 0");
   }
-  if (ctx.threads > 0) torch::set_num_threads(ctx.threads);
+  SetCpuThreads(ctx.threads);
   return absl::OkStatus();
 }
 
@@ -593,7 +594,7 @@ absl::StatusOr<nlohmann::json> Score(Job& job, int index, int count) {
 // against the sum of single-unit scores, correlated per set size. Skipped
 // when not asked for, not output_loss, or already there for this plan size.
 absl::Status CheckAdditivity(Job& job, const selection::Plan& plan) {
-  const int per_size = job.ctx.additivity_sets_per_size;
+  const int per_size = job.spec.spec().prune().additivity_sets();
   if (per_size <= 0 || plan.removed.empty() ||
       job.spec.spec().prune().criterion() != lpd::v1::CRITERION_OUTPUT_LOSS ||
       job.split.calibration.empty()) {

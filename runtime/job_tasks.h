@@ -24,8 +24,8 @@
 // seed and model (for one shard, also a scores.json of an earlier run).
 //
 // The additivity check (additivity.json, needs the teacher) runs at the
-// start of DISTILL, before training, when TaskContext::additivity_sets_per_size
-// > 0, the criterion is output_loss and additivity.json is missing or was
+// start of DISTILL, before training, when spec.prune.additivity_sets > 0,
+// the criterion is output_loss and additivity.json is missing or was
 // made for another plan set size or sets per size; its failure fails DISTILL.
 //
 // Errors: every failure is a status whose message starts with the phase
@@ -84,9 +84,6 @@ struct TaskContext {
   int64_t eval_batch_size = 8;
   // Timed forwards per model for the latency in report.json (>= 0).
   int latency_runs = 3;
-  // output_loss jobs: random removal sets per set size measured for
-  // additivity.json by DISTILL (4 sizes around the plan's; 0: no check).
-  int additivity_sets_per_size = 8;
   // DISTILL only: this process is one rank of a data-parallel group
   // (engine/train/data_parallel.h; worker/data_parallel_launcher.h starts one
   // process per rank). The device becomes the rank's own

@@ -55,7 +55,6 @@ class JobTasksTest : public ::testing::Test {
     dir_ = temp_.path();
     ctx_.threads = 1;
     ctx_.log = [this](const std::string& line) { log_ += line + "\n"; };
-    ctx_.additivity_sets_per_size = 0;
     ctx_.latency_runs = 1;
   }
 
@@ -97,6 +96,7 @@ class JobTasksTest : public ::testing::Test {
         criterion,
         "\n"
         "    units: [resnet, attention]\n"
+        "    additivity_sets: 0\n"
         "  distill:\n"
         "    steps: ",
         steps,

@@ -33,7 +33,6 @@ absl::StatusOr<PipelineResult> RunJob(const lpd::v1::CompressionJob& spec,
   ctx.log_every = options.log_every;
   ctx.eval_batch_size = options.eval_batch_size;
   ctx.latency_runs = options.latency_runs;
-  ctx.additivity_sets_per_size = options.additivity_sets_per_size;
   const auto start = std::chrono::steady_clock::now();
 
   RETURN_IF_ERROR(RunScoreTask(spec, 0, 1, ctx).status());

@@ -67,9 +67,6 @@ struct PipelineOptions {
   int64_t eval_batch_size = 8;
   // Timed forwards per model for the latency in report.json.
   int latency_runs = 3;
-  // output_loss jobs: random removal sets per set size measured for
-  // additivity.json (4 sizes around the plan's; 0: no additivity check).
-  int additivity_sets_per_size = 8;
   // Runs DISTILL in place of RunDistillTask when set: lpd-worker's
   // data-parallel launcher for spec.distill.gpus > 1. Unset, DISTILL runs in
   // this process whatever spec.distill.gpus says (the result is the same,

@@ -11,7 +11,7 @@ packages=(
   prometheus-cpp-dev civetweb
   libcurl4-openssl-dev libssl-dev libsqlite3-dev
   libgtest-dev libgmock-dev libbenchmark-dev libgloo-dev
-  clang libclang-rt-14-dev clang-format
+  clang libclang-rt-14-dev clang-format lld
   python3 awscli nodejs prometheus
 )
 

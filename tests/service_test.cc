@@ -59,6 +59,9 @@ struct JobOptions {
   std::string criterion = "output_loss";
   std::string target_ratio = "0.3";
   int gpus = 1;
+  // spec.prune.additivity_sets: 0 here, the check has tests of its own
+  // (tests/worker_run_test.cc) and costs ~10 s of CPU per job.
+  int additivity_sets = 0;
 };
 
 JobOptions Named(const std::string& name, int steps = 8,
@@ -177,6 +180,9 @@ class ServiceTest : public lpd::testing::TempDirTest {
         o.criterion +
         "\n"
         "    units: [resnet, attention]\n"
+        "    additivity_sets: " +
+        std::to_string(o.additivity_sets) +
+        "\n"
         "  distill:\n"
         "    steps: " +
         std::to_string(o.steps) +
@@ -484,7 +490,7 @@ TEST_F(ServiceTest, KilledWorkerDuringDistillIsResumedFromCheckpoint) {
   StartScheduler();
   StartWorker("w1");
   StartWorker("w2");
-  const Job job = MustSubmit(Named("killed", 100, 10));
+  const Job job = MustSubmit(Named("killed", 60, 10));
   const std::string out = dir_ + "/out-killed";
   ASSERT_TRUE(WaitFor([&] { return LatestStep(out) >= 20; }, 180s))
       << DescribeLogs();
@@ -495,7 +501,7 @@ TEST_F(ServiceTest, KilledWorkerDuringDistillIsResumedFromCheckpoint) {
   const int64_t resume_step = LatestStep(out);  // nothing writes it now
   ASSERT_GE(resume_step, 20);
   const Job done = WaitForState(job.id(), lpd::v1::JOB_STATE_SUCCEEDED);
-  EXPECT_EQ(LatestStep(out), 100);
+  EXPECT_EQ(LatestStep(out), 60);
   const std::string other = holder == "w1" ? "w2" : "w1";
   EXPECT_THAT(workers_[other]->Log(), HasSubstr(job.id() + "/distill"));
   // The retry resumed from the newest checkpoint, not from step 0.
@@ -509,9 +515,9 @@ TEST_F(ServiceTest, KilledWorkerDuringDistillIsResumedFromCheckpoint) {
 TEST_F(ServiceTest, WorkerStoppedBySigtermHandsItsTaskBackWithACheckpoint) {
   StartScheduler();
   StartWorker("w1");
-  const Job job = MustSubmit(Named("sigterm", 100, 50));
+  const Job job = MustSubmit(Named("sigterm", 40, 30));
   const std::string out = dir_ + "/out-sigterm";
-  // Stop w1 mid-DISTILL, between two regular checkpoints (0 and 50).
+  // Stop w1 mid-DISTILL, between two regular checkpoints (0 and 30).
   ASSERT_TRUE(WaitFor(
       [&] {
         return workers_["w1"]->Log().find("DISTILL: step ") !=
@@ -540,7 +546,7 @@ TEST_F(ServiceTest, WorkerStoppedBySigtermHandsItsTaskBackWithACheckpoint) {
 TEST_F(ServiceTest, DataParallelDistillStopsOnSigtermAndResumesElsewhere) {
   StartScheduler();
   StartWorker("w1");
-  JobOptions o = Named("dp", 100, 50);
+  JobOptions o = Named("dp", 40, 30);
   o.gpus = 2;
   const Job job = MustSubmit(o);
   const std::string out = dir_ + "/out-dp";
@@ -561,7 +567,7 @@ TEST_F(ServiceTest, DataParallelDistillStopsOnSigtermAndResumesElsewhere) {
   EXPECT_THAT(workers_["w1"]->Log(),
               HasSubstr("stopping the data-parallel ranks"));
   WaitForState(job.id(), lpd::v1::JOB_STATE_SUCCEEDED);
-  EXPECT_EQ(LatestStep(out), 100);
+  EXPECT_EQ(LatestStep(out), 40);
   const std::string messages = JoinMessages(Events(job.id()));
   EXPECT_THAT(messages,
               HasSubstr("\"resumed_from\":" + std::to_string(stopped_at)))
@@ -581,7 +587,7 @@ TEST_F(ServiceTest, DataParallelDistillStopsOnSigtermAndResumesElsewhere) {
 TEST_F(ServiceTest, SchedulerKilledMidJobLosesNothing) {
   StartScheduler(0, /*lease_seconds=*/5);
   StartWorker("w1");
-  const Job job = MustSubmit(Named("restart", 80, 10));
+  const Job job = MustSubmit(Named("restart", 50, 10));
   const std::string out = dir_ + "/out-restart";
   ASSERT_TRUE(WaitFor([&] { return LatestStep(out) >= 20; }, 180s))
       << DescribeLogs();
@@ -612,7 +618,7 @@ TEST_F(ServiceTest, SchedulerKilledMidJobLosesNothing) {
     EXPECT_EQ(count, 1u) << task << "\n" << log;
   }
   EXPECT_THAT(messages, HasSubstr("\"resumed_from\":null")) << messages;
-  EXPECT_EQ(LatestStep(out), 80);
+  EXPECT_EQ(LatestStep(out), 50);
 }
 
 TEST_F(ServiceTest, CancelReachesTheWorkerDuringScoreAndDistill) {

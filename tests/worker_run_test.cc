@@ -58,11 +58,11 @@ class WorkerRunTest : public lpd::testing::TempDirTest {
     ASSERT_TRUE(manifest.ok()) << manifest.status();
   }
 
-  // The job's YAML, written to dir_/job.yaml; `extra_prune` goes into
-  // spec.prune.
+  // The job's YAML, written to dir_/job-`out`.yaml.
   std::string WriteJob(const std::string& model_dir,
                        const std::string& target_ratio = "0.3", int gpus = 1,
-                       const std::string& out = "out") {
+                       const std::string& out = "out",
+                       int additivity_sets = 0) {
     const std::string yaml =
         "apiVersion: lpd/v1\n"
         "kind: CompressionJob\n"
@@ -83,6 +83,9 @@ class WorkerRunTest : public lpd::testing::TempDirTest {
         "\n"
         "    criterion: output_loss\n"
         "    units: [resnet, attention]\n"
+        "    additivity_sets: " +
+        std::to_string(additivity_sets) +
+        "\n"
         "  distill:\n"
         "    steps: 8\n"
         "    batch_size: 2\n"
@@ -114,7 +117,7 @@ class WorkerRunTest : public lpd::testing::TempDirTest {
 TEST_F(WorkerRunTest, RunsTheWholeJobThenResumesItsCheckpoint) {
   torch::set_num_threads(1);
   WriteDataset();
-  const std::string job = WriteJob(model_);
+  const std::string job = WriteJob(model_, "0.3", 1, "out", 3);
   CommandResult r = Run(job);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   for (const char* line :
@@ -138,14 +141,15 @@ TEST_F(WorkerRunTest, RunsTheWholeJobThenResumesItsCheckpoint) {
   EXPECT_FALSE(plan->removed.empty());
   const int64_t student_params = plan->total_params - plan->removed_params;
 
-  // The additivity check: sets around the plan's size, correlated per size.
+  // The additivity check: spec.prune.additivity_sets (3) sets per size
+  // around the plan's size, correlated per size.
   const nlohmann::json additivity = ReadJson(out + "/additivity.json");
   EXPECT_EQ(additivity["plan_set_size"].get<size_t>(), plan->removed.size());
   ASSERT_FALSE(additivity["by_set_size"].empty());
   for (const auto& row : additivity["by_set_size"]) {
-    EXPECT_EQ(row["samples"], 8);
+    EXPECT_EQ(row["samples"], 3);
   }
-  EXPECT_EQ(additivity["samples"].size(), 8 * additivity["by_set_size"].size());
+  EXPECT_EQ(additivity["samples"].size(), 3 * additivity["by_set_size"].size());
 
   EXPECT_EQ(ReadText(out + "/checkpoints/LATEST"), lpd::job::CheckpointName(8));
   EXPECT_TRUE(

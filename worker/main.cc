@@ -27,6 +27,7 @@
 #include "absl/time/time.h"
 #include "base/cli_args.h"
 #include "base/termination_signals.h"
+#include "engine/core/cpu_threads.h"
 #include "engine/data/dataset.h"
 #include "engine/data/synthetic_dataset.h"
 #include "engine/formats/unet_config.h"
@@ -172,7 +173,7 @@ int RunForwardCommand(const std::vector<std::string>& args) {
   }
   auto threads = flags->GetInt("threads", 0);
   if (!threads.ok()) return Fail(threads.status());
-  if (*threads > 0) at::set_num_threads(static_cast<int>(*threads));
+  lpd::engine::SetCpuThreads(static_cast<int>(*threads));
   lpd::engine::ForwardRequest request;
   request.model_dir = flags->Get("model");
   request.inputs_path = flags->Get("inputs");
@@ -551,7 +552,7 @@ int ServeCommand(const std::vector<std::string>& args) {
   auto s3_config = lpd::storage::S3ConfigFromFlags(*flags);
   if (!s3_config.ok()) return Fail(s3_config.status());
   lpd::storage::SetDefaultS3Config(*s3_config);
-  if (*threads > 0) at::set_num_threads(static_cast<int>(*threads));
+  lpd::engine::SetCpuThreads(static_cast<int>(*threads));
   lpd::worker::WorkerLoopOptions options;
   options.scheduler_address = flags->Get("scheduler");
   options.name = flags->Get("name");

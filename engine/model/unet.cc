@@ -643,16 +643,38 @@ void UNet2DConditionModelImpl::ToChannelsLast() {
 void UNet2DConditionModelImpl::RandomizeParameters(uint64_t seed) {
   torch::NoGradGuard no_grad;
   torch::manual_seed(seed);
+  // CPU draws in reduced precision are scalar and ~5x slower than float
+  // draws: draw float, a slice at a time, and round into the parameter.
+  constexpr int64_t kSlice = int64_t{1} << 22;
+  torch::Tensor scratch;
+  auto fill = [&](torch::Tensor& p, const auto& draw) {
+    if (p.scalar_type() == torch::kFloat32 || !p.device().is_cpu() ||
+        !p.is_contiguous()) {
+      draw(p);
+      return;
+    }
+    torch::Tensor flat = p.view({-1});
+    for (int64_t begin = 0; begin < flat.numel(); begin += kSlice) {
+      const int64_t length = std::min(kSlice, flat.numel() - begin);
+      if (!scratch.defined() || scratch.numel() < length) {
+        scratch = torch::empty({kSlice}, torch::kFloat32);
+      }
+      torch::Tensor values = scratch.narrow(0, 0, length);
+      draw(values);
+      flat.narrow(0, begin, length).copy_(values);
+    }
+  };
   for (auto& item : named_parameters(/*recurse=*/true)) {
     torch::Tensor& p = item.value();
     const bool is_bias = absl::EndsWith(item.key(), ".bias");
     if (p.dim() >= 2) {
-      const double fan_in = static_cast<double>(p.numel() / p.size(0));
-      p.normal_(0.0, 1.0 / std::sqrt(fan_in));
+      const double stddev =
+          1.0 / std::sqrt(static_cast<double>(p.numel() / p.size(0)));
+      fill(p, [&](torch::Tensor& t) { t.normal_(0.0, stddev); });
     } else if (is_bias) {
-      p.normal_(0.0, 0.02);
+      fill(p, [](torch::Tensor& t) { t.normal_(0.0, 0.02); });
     } else {
-      p.uniform_(0.9, 1.1);  // norm scales
+      fill(p, [](torch::Tensor& t) { t.uniform_(0.9, 1.1); });  // norm scales
     }
   }
 }

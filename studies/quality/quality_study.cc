@@ -113,6 +113,7 @@
 #include "engine/compress/additivity.h"
 #include "engine/compress/evaluation.h"
 #include "engine/compress/scoring.h"
+#include "engine/core/cpu_threads.h"
 #include "engine/core/tensor_io.h"
 #include "engine/core/torch_errors.h"
 #include "engine/data/dataset.h"
@@ -639,7 +640,7 @@ class Study {
 
 absl::Status Study::Setup() {
   ASSIGN_OR_RETURN(device_, ParseTorchDevice(f_.device_name));
-  if (f_.threads > 0) torch::set_num_threads(static_cast<int>(f_.threads));
+  lpd::engine::SetCpuThreads(static_cast<int>(f_.threads));
   ASSIGN_OR_RETURN(config_text_,
                    ReadText(fs::path(f_.config_dir) / "config.json"));
   ASSIGN_OR_RETURN(config_, ParseUNetConfig(config_text_, f_.config_dir));

@@ -1,6 +1,7 @@
 #include "server/job_store.h"
 
 #include <sqlite3.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <string>
@@ -10,6 +11,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "base/status_macros.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
@@ -224,8 +227,12 @@ class JobStore::Statement {
   int rc_ = SQLITE_OK;
 };
 
-JobStore::JobStore(std::string path, sqlite3* db, sqlite3* reader)
-    : path_(std::move(path)), db_(db), reader_(reader) {}
+JobStore::JobStore(std::string path, FolderLock lock, sqlite3* db,
+                   sqlite3* reader)
+    : path_(std::move(path)),
+      lock_(std::move(lock)),
+      db_(db),
+      reader_(reader) {}
 
 JobStore::~JobStore() {
   sqlite3_close_v2(reader_);
@@ -257,7 +264,7 @@ absl::Status JobStore::Exec(sqlite3* db, const char* sql,
 }
 
 absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(
-    const std::string& state_dir) {
+    const std::string& state_dir, const std::string& holder) {
   if (state_dir.empty()) {
     return absl::InvalidArgumentError("job store: empty state directory");
   }
@@ -270,6 +277,19 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(
   }
   std::string path =
       (std::filesystem::path(state_dir) / std::string(kFileName)).string();
+  char host[256] = "";
+  gethostname(host, sizeof(host) - 1);
+  absl::StatusOr<FolderLock> lock = FolderLock::Acquire(
+      state_dir,
+      absl::StrCat(holder.empty() ? "a job store" : holder, " (pid ", getpid(),
+                   " on ", host, ", since ",
+                   absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(),
+                                    absl::UTCTimeZone()),
+                   ")"));
+  if (!lock.ok()) {
+    return absl::Status(lock.status().code(),
+                        absl::StrCat("job store: ", lock.status().message()));
+  }
 
   const int flags =
       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
@@ -283,7 +303,8 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(
     return status;
   }
   // The reader is opened once the schema exists (below).
-  std::unique_ptr<JobStore> store(new JobStore(path, db, nullptr));
+  std::unique_ptr<JobStore> store(
+      new JobStore(path, std::move(*lock), db, nullptr));
   sqlite3_extended_result_codes(db, 1);
   sqlite3_busy_timeout(db, 5000);
   {

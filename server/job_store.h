@@ -41,6 +41,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "base/folder_lock.h"
 #include "lpd/v1/job_service.pb.h"
 
 struct sqlite3;
@@ -109,10 +110,14 @@ class JobStore {
   static constexpr absl::string_view kFileName = "jobs.db";
 
   // Opens (creating the folder, the database and its schema as needed)
-  // `<state_dir>/jobs.db`. UNAVAILABLE when the folder or database cannot be
-  // created, opened or written.
+  // `<state_dir>/jobs.db`, holding `<state_dir>/lock` (base/folder_lock.h)
+  // for as long as the store is open, with `holder` in it (empty: this
+  // process's pid and host). FAILED_PRECONDITION, naming the holder, when
+  // another open store holds the folder: two schedulers on one state would
+  // each serve and change the same jobs. UNAVAILABLE when the folder or
+  // database cannot be created, opened or written.
   static absl::StatusOr<std::unique_ptr<JobStore>> Open(
-      const std::string& state_dir);
+      const std::string& state_dir, const std::string& holder = "");
 
   JobStore(const JobStore&) = delete;
   JobStore& operator=(const JobStore&) = delete;
@@ -141,7 +146,7 @@ class JobStore {
 
  private:
   class Statement;
-  JobStore(std::string path, sqlite3* db, sqlite3* reader);
+  JobStore(std::string path, FolderLock lock, sqlite3* db, sqlite3* reader);
 
   // UNAVAILABLE (INTERNAL for a constraint violation) naming the database,
   // what was being done and SQLite's message for `rc`.
@@ -151,6 +156,7 @@ class JobStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 
   const std::string path_;
+  const FolderLock lock_;
   absl::Mutex write_mu_;
   sqlite3* const db_ ABSL_PT_GUARDED_BY(write_mu_);
   absl::Mutex read_mu_;

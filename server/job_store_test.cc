@@ -212,6 +212,22 @@ TEST(JobStoreTest, UnwritableStateDirIsUnavailable) {
   EXPECT_THAT(store2.status().message(), HasSubstr("state2/jobs.db"));
 }
 
+// Issue 16, defect 2: two schedulers on one state directory both served.
+TEST(JobStoreTest, SecondStoreOnOneFolderIsRefusedNamingTheHolder) {
+  const std::string dir = TempDir("held");
+  {
+    auto first = JobStore::Open(dir, "lpd-scheduler --listen 127.0.0.1:7");
+    ASSERT_TRUE(first.ok()) << first.status();
+    auto second = JobStore::Open(dir, "lpd-scheduler --listen 127.0.0.1:8");
+    ASSERT_FALSE(second.ok());
+    EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(second.status().message(),
+                HasSubstr("is in use by lpd-scheduler --listen 127.0.0.1:7 "
+                          "(pid "));
+  }
+  EXPECT_TRUE(JobStore::Open(dir).ok());  // closed: free again
+}
+
 TEST(JobStoreTest, RefusesNewerSchema) {
   const std::string dir = TempDir("newer");
   {

@@ -104,6 +104,8 @@ int main(int argc, char** argv) {
 
   lpd::server::SchedulerOptions options;
   options.state_dir = flags->Get("state-dir", "lpd-state");
+  const std::string listen = flags->Get("listen", "127.0.0.1:50051");
+  options.holder = absl::StrCat("lpd-scheduler --listen ", listen);
   auto lease = flags->GetInt("lease-seconds", 30);
   auto heartbeat = flags->GetInt("heartbeat-ms", 2000);
   auto attempts = flags->GetInt("max-attempts", 3);
@@ -141,15 +143,17 @@ int main(int argc, char** argv) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
-  const std::string listen = flags->Get("listen", "127.0.0.1:50051");
+  // A port in use is an error: with gRPC's default SO_REUSEPORT a second
+  // scheduler would bind it too and the kernel would share the calls out.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&job_service);
   builder.RegisterService(&worker_service);
   builder.SetMaxReceiveMessageSize(4 << 20);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    return Fail(
-        absl::UnavailableError(absl::StrCat("cannot listen on ", listen)));
+    return Fail(absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", listen, " (in use, or not an address here)")));
   }
   if (flags->Has("port-file")) {
     lpd::metrics::WritePortFile(flags->Get("port-file"), port);

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "base/random_token.h"
 #include "base/status_macros.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "job/spec.h"
@@ -141,7 +142,7 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Open(
   options.score_shards = std::clamp(options.score_shards, 1, kMaxScoreShards);
 
   ASSIGN_OR_RETURN(std::unique_ptr<JobStore> store,
-                   JobStore::Open(options.state_dir));
+                   JobStore::Open(options.state_dir, options.holder));
   std::unique_ptr<Scheduler> scheduler(
       new Scheduler(std::move(options), std::move(store)));
   RETURN_IF_ERROR(scheduler->Load());
@@ -166,6 +167,10 @@ absl::Status Scheduler::Load() {
       now + absl::ToInt64Milliseconds(options_.progress_flush_interval);
   for (WorkerRecord& worker : workers) {
     std::string id = worker.worker_id;
+    {
+      absl::MutexLock seen_lock(&seen_mu_);
+      last_seen_ms_[id] = now;  // live workers call again within a lease
+    }
     workers_[id] = std::move(worker);
   }
   for (Job& job : jobs) {
@@ -213,6 +218,12 @@ Scheduler::~Scheduler() { Shutdown(); }
 
 int64_t Scheduler::NowMs() const {
   return absl::ToUnixMillis(options_.clock());
+}
+
+void Scheduler::Seen(const std::string& worker_id) {
+  const int64_t now = NowMs();
+  absl::MutexLock lock(&seen_mu_);
+  last_seen_ms_[worker_id] = now;
 }
 
 bool Scheduler::Healthy() const { return healthy_.load(); }
@@ -415,7 +426,11 @@ void Scheduler::AddLease(Change& change, const std::string& task_id,
   Job& job = MutableJob(change, task.job_id);
   task.state = TaskState::kLeased;
   task.attempt += 1;
-  task.lease_id = absl::StrCat(task.task_id, "#", task.attempt);
+  // The task id first (Heartbeat and LiveLease look the task up by it),
+  // then 128 random bits: a lease cannot be guessed from what events and
+  // logs show (task ids, attempts, worker ids).
+  task.lease_id =
+      absl::StrCat(task.task_id, "#", task.attempt, ".", RandomHex(16));
   task.worker_id = worker_id;
   task.lease_expires_ms =
       now_ms + absl::ToInt64Milliseconds(options_.lease_duration);
@@ -805,6 +820,7 @@ absl::StatusOr<lpd::v1::RegisterWorkerResponse> Scheduler::RegisterWorker(
     return absl::OkStatus();
   }));
   lpd::v1::RegisterWorkerResponse response;
+  Seen(id);
   response.set_worker_id(id);
   response.set_heartbeat_interval_ms(static_cast<int32_t>(
       absl::ToInt64Milliseconds(options_.heartbeat_interval)));
@@ -821,6 +837,25 @@ Scheduler::Stats Scheduler::GetStats() const {
     }
   }
   absl::flat_hash_set<std::string> busy;
+  absl::flat_hash_set<std::string> waiting;  // in a long poll now
+  {
+    absl::MutexLock lock(&wait_mu_);
+    for (const auto& [id, waiter] : waiters_) waiting.insert(waiter.worker_id);
+  }
+  absl::flat_hash_map<std::string, int64_t> seen;
+  {
+    absl::MutexLock lock(&seen_mu_);
+    seen = last_seen_ms_;
+  }
+  const int64_t now = NowMs();
+  const int64_t lost_ms = absl::ToInt64Milliseconds(
+      options_.worker_lost_after > absl::ZeroDuration()
+          ? options_.worker_lost_after
+          : 2 * options_.lease_duration);
+  const int64_t forget_ms = absl::ToInt64Milliseconds(
+      options_.worker_forget_after > absl::ZeroDuration()
+          ? options_.worker_forget_after
+          : absl::Minutes(10));
   {
     absl::ReaderMutexLock lock(&mu_);
     for (const auto& [id, entry] : jobs_) {
@@ -831,7 +866,18 @@ Scheduler::Stats Scheduler::GetStats() const {
     }
     for (const std::string& id : leased_) busy.insert(tasks_.at(id).worker_id);
     for (const auto& [id, worker] : workers_) {
-      ++(busy.contains(id) ? stats.workers_busy : stats.workers_idle);
+      if (busy.contains(id)) {
+        ++stats.workers_busy;
+        continue;
+      }
+      auto it = seen.find(id);
+      const int64_t silent =
+          it == seen.end() ? forget_ms + 1 : now - it->second;
+      if (waiting.contains(id) || silent <= lost_ms) {
+        ++stats.workers_idle;
+      } else if (silent <= forget_ms) {
+        ++stats.workers_lost;
+      }
     }
   }
   stats.jobs_submitted = jobs_submitted_;
@@ -875,6 +921,7 @@ int64_t Scheduler::LeaseAsync(
     done(absl::InvalidArgumentError("worker_id: empty"));
     return waiter_id;
   }
+  Seen(worker_id);
   wait = std::min(wait, kMaxLeaseWait);
   const absl::Time now = options_.clock();
   lpd::v1::LeaseTaskResponse response;
@@ -916,6 +963,7 @@ absl::StatusOr<lpd::v1::HeartbeatResponse> Scheduler::Heartbeat(
   if (request.lease_id().empty()) {
     return absl::InvalidArgumentError("lease_id: empty");
   }
+  if (!request.worker_id().empty()) Seen(request.worker_id());
   const int64_t now = NowMs();
   lpd::v1::HeartbeatResponse response;
   response.set_action(lpd::v1::HeartbeatResponse::ACTION_LEASE_LOST);
@@ -968,6 +1016,7 @@ absl::StatusOr<lpd::v1::HeartbeatResponse> Scheduler::Heartbeat(
 }
 
 absl::Status Scheduler::Complete(const lpd::v1::CompleteTaskRequest& request) {
+  if (!request.worker_id().empty()) Seen(request.worker_id());
   const int64_t now = NowMs();
   return Mutate([&](Change& change) -> absl::Status {
     ASSIGN_OR_RETURN(const TaskRecord* live,
@@ -1010,12 +1059,27 @@ absl::Status Scheduler::Complete(const lpd::v1::CompleteTaskRequest& request) {
 }
 
 absl::Status Scheduler::Fail(const lpd::v1::FailTaskRequest& request) {
+  if (!request.worker_id().empty()) Seen(request.worker_id());
   const int64_t now = NowMs();
   return Mutate([&](Change& change) -> absl::Status {
     ASSIGN_OR_RETURN(const TaskRecord* live,
                      LiveLease(request.worker_id(), request.lease_id(), now));
     const std::string error =
         request.error().empty() ? "failed (no message)" : request.error();
+    if (request.handed_back()) {
+      TaskRecord& task = MutableTask(change, live->task_id);
+      Job& job = MutableJob(change, task.job_id);
+      task.state = TaskState::kQueued;
+      task.lease_expires_ms = 0;
+      task.progress = 0;
+      task.attempt = std::max(0, task.attempt - 1);
+      task.last_error = error;
+      AddEvent(change, job, now,
+               absl::StrCat(TaskLabel(task), ": handed back by worker ",
+                            live->worker_id, " (", error,
+                            "); requeued, the attempt not counted"));
+      return absl::OkStatus();
+    }
     AddRequeueOrFail(
         change, live->task_id,
         absl::StrCat("failed on worker ", live->worker_id, ", attempt ",
@@ -1070,7 +1134,10 @@ void Scheduler::ExpireWaiters() {
       }
     }
   }
-  for (Waiter& waiter : expired) waiter.done(lpd::v1::LeaseTaskResponse());
+  for (Waiter& waiter : expired) {
+    Seen(waiter.worker_id);  // it waited, connected, until now
+    waiter.done(lpd::v1::LeaseTaskResponse());
+  }
 }
 
 void Scheduler::FlushProgress(bool force) {

@@ -114,7 +114,12 @@ using job::PhaseWeight;
 
 struct SchedulerOptions {
   // Folder of the job store (`<state_dir>/jobs.db`); created if missing.
+  // One scheduler at a time: Open fails (FAILED_PRECONDITION, naming the
+  // holder) while another holds it (server/job_store.h).
   std::string state_dir;
+  // Who holds state_dir, as its lock file and a refused second scheduler
+  // say (e.g. "lpd-scheduler --listen 127.0.0.1:50051").
+  std::string holder;
   // A lease runs out this long after it was handed out or last renewed.
   absl::Duration lease_duration = absl::Seconds(30);
   // After a restart, leases run out no sooner than this: workers need time
@@ -128,6 +133,11 @@ struct SchedulerOptions {
   // SCORE tasks per job, clamped to [1, kMaxScoreShards]; 1 for criterion
   // handcrafted (nothing to score).
   int score_shards = 4;
+  // A worker not heard from (no call, no long poll waiting) for this long
+  // counts as lost in the metrics; after worker_forget_after it is no
+  // longer counted at all. Zero: 2 x lease_duration, and 10 minutes.
+  absl::Duration worker_lost_after = absl::ZeroDuration();
+  absl::Duration worker_forget_after = absl::ZeroDuration();
   // How often heartbeat progress is written to the store (see above).
   absl::Duration progress_flush_interval = absl::Seconds(2);
   // How often the timer thread wakes up on its own (real time) to expire
@@ -213,7 +223,10 @@ class Scheduler {
     // Progress of each QUEUED or RUNNING job.
     std::vector<std::pair<std::string, double>> active_progress;
     int64_t workers_busy = 0;  // registered, holding a live lease
-    int64_t workers_idle = 0;  // registered, holding none
+    int64_t workers_idle = 0;  // registered, holding none, heard from lately
+    // Holding none, silent for worker_lost_after (but not yet for
+    // worker_forget_after, after which a worker is not counted at all).
+    int64_t workers_lost = 0;
     // Since this process started.
     int64_t jobs_submitted = 0;
     int64_t tasks_requeued_lease_expired = 0;
@@ -261,8 +274,9 @@ class Scheduler {
   absl::Status Complete(const lpd::v1::CompleteTaskRequest& request);
   // The leased task failed: retryable -> requeued (a new attempt) until
   // max_attempts, then the job FAILS with this error; not retryable -> the
-  // job FAILS at once with it. Durable. FAILED_PRECONDITION for a stale
-  // lease, as Complete.
+  // job FAILS at once with it; handed_back (a worker shutting down) ->
+  // requeued without counting the attempt. Durable. FAILED_PRECONDITION for a
+  // stale lease, as Complete.
   absl::Status Fail(const lpd::v1::FailTaskRequest& request);
 
   // False while the store cannot be written (the last write failed and no
@@ -298,6 +312,8 @@ class Scheduler {
   void TimerLoop();
   void SelectLoop();
   void Wake();
+  // Records that `worker_id` called (for the lost/idle split of Stats).
+  void Seen(const std::string& worker_id);
 
   // Builds a change with `build` (write_mu_ held, mu_ read-held), stores it
   // and applies it, then (no locks held) notifies subscribers. Returns
@@ -405,7 +421,12 @@ class Scheduler {
   // The newest job's created_unix_ms.
   int64_t last_created_ms_ ABSL_GUARDED_BY(write_mu_) = 0;
 
-  absl::Mutex wait_mu_;
+  // When each worker last called (since Open; loaded workers: at Open).
+  mutable absl::Mutex seen_mu_;  // a leaf
+  absl::flat_hash_map<std::string, int64_t> last_seen_ms_
+      ABSL_GUARDED_BY(seen_mu_);
+
+  mutable absl::Mutex wait_mu_;
   std::map<int64_t, Waiter> waiters_ ABSL_GUARDED_BY(wait_mu_);
   bool waiters_closed_ ABSL_GUARDED_BY(wait_mu_) = false;  // Shutdown()
   std::atomic<int64_t> next_id_{1};

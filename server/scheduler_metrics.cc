@@ -38,7 +38,9 @@ void RegisterSchedulerMetrics(metrics::Registry& registry,
   auto& workers =
       prometheus::BuildGauge()
           .Name("lpd_workers")
-          .Help("Registered workers, busy (holding a task) or idle.")
+          .Help(
+              "Registered workers: busy (holding a task), idle, or lost "
+              "(silent for two leases; forgotten after 10 minutes).")
           .Register(families);
   auto& retried = prometheus::BuildCounter()
                       .Name("lpd_tasks_retried_total")
@@ -67,6 +69,8 @@ void RegisterSchedulerMetrics(metrics::Registry& registry,
         .Set(static_cast<double>(stats.workers_busy));
     workers.Add({{"state", "idle"}})
         .Set(static_cast<double>(stats.workers_idle));
+    workers.Add({{"state", "lost"}})
+        .Set(static_cast<double>(stats.workers_lost));
     metrics::IncrementTo(
         retried.Add({{"reason", "lease_expired"}}),
         static_cast<double>(stats.tasks_requeued_lease_expired));

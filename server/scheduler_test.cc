@@ -392,6 +392,94 @@ TEST_F(SchedulerTest, HandcraftedCriterionHasOneScoreShard) {
   EXPECT_FALSE(none->has_task());
 }
 
+// Issue 16, defect 3: lease ids were `<task>#<attempt>`, and events name the
+// worker, so anyone could complete or fail another worker's task.
+TEST_F(SchedulerTest, LeaseIdsCannotBeGuessedFromWhatEventsShow) {
+  Open();
+  const std::string w = Register();
+  Submit("unguessable");
+  auto a = LeaseNow(w);
+  ASSERT_TRUE(a.ok() && a->has_task());
+  const std::string& task = a->task().task_id();
+  EXPECT_THAT(a->task().lease_id(),
+              ::testing::MatchesRegex(task + "#1\\.[0-9a-f]{32}"));
+  // The old, predictable form, with the right worker id: refused.
+  EXPECT_EQ(Complete(w, task + "#1").code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Fail(w, task + "#1", "forged", false).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Heartbeat(w, task + "#1"), HeartbeatResponse::ACTION_LEASE_LOST);
+  // Two leases never share their random part.
+  auto b = LeaseNow(w);
+  ASSERT_TRUE(b.ok() && b->has_task());
+  EXPECT_NE(a->task().lease_id().substr(a->task().lease_id().find('.')),
+            b->task().lease_id().substr(b->task().lease_id().find('.')));
+  EXPECT_TRUE(Complete(w, a->task().lease_id()).ok());
+}
+
+// Issue 16, defect 5: three workers stopped by SIGTERM, each handing the
+// task back after a checkpoint, failed the job "after 3 attempts".
+TEST_F(SchedulerTest, HandedBackTasksDoNotUseUpAttempts) {
+  Open();  // max_attempts 3
+  const std::string w = Register();
+  const std::string id = Submit("rolling").id();
+  for (int restart = 0; restart < 5; ++restart) {
+    auto lease = LeaseNow(w);
+    ASSERT_TRUE(lease.ok() && lease->has_task()) << restart;
+    EXPECT_EQ(lease->task().attempt(), 1);
+    lpd::v1::FailTaskRequest request;
+    request.set_worker_id(w);
+    request.set_lease_id(lease->task().lease_id());
+    request.set_error("worker w is shutting down");
+    request.set_retryable(true);
+    request.set_handed_back(true);
+    ASSERT_TRUE(scheduler_->Fail(request).ok());
+    EXPECT_EQ(Get(id).state(), lpd::v1::JOB_STATE_RUNNING);
+  }
+  EXPECT_EQ(CountEvents(id, "requeued, the attempt not counted"), 5);
+  // Real failures still count.
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    auto lease = LeaseNow(w);
+    ASSERT_TRUE(lease.ok() && lease->has_task());
+    EXPECT_EQ(lease->task().attempt(), attempt);
+    ASSERT_TRUE(Fail(w, lease->task().lease_id(), "boom", true).ok());
+  }
+  EXPECT_EQ(Get(id).state(), lpd::v1::JOB_STATE_FAILED);
+}
+
+// Issue 16, defect 8: lpd_workers counted killed workers as idle forever.
+TEST_F(SchedulerTest, SilentWorkersBecomeLostThenAreForgotten) {
+  Open();  // lease 30 s: lost after 60 s of silence, forgotten after 10 min
+  const std::string quiet = Register();
+  const std::string polling = Register();
+  auto stats = scheduler_->GetStats();
+  EXPECT_EQ(stats.workers_idle, 2);
+  EXPECT_EQ(stats.workers_lost, 0);
+  // `polling` waits in a long poll: alive, however long it waits.
+  scheduler_->LeaseAsync(polling, absl::Seconds(60),
+                         [](absl::StatusOr<LeaseTaskResponse>) {});
+  clock_.Advance(absl::Seconds(59));
+  EXPECT_EQ(scheduler_->GetStats().workers_idle, 2);
+  clock_.Advance(absl::Seconds(2));
+  stats = scheduler_->GetStats();
+  EXPECT_EQ(stats.workers_idle, 1);
+  EXPECT_EQ(stats.workers_lost, 1);  // `quiet`
+  scheduler_->Tick();  // answers the long poll: `polling` was there till now
+  EXPECT_EQ(scheduler_->GetStats().workers_idle, 1);
+  // 10 minutes on: `quiet` is forgotten, `polling` (silent since its poll
+  // was answered) lost, then forgotten too.
+  clock_.Advance(absl::Minutes(10));
+  stats = scheduler_->GetStats();
+  EXPECT_EQ(stats.workers_lost, 1);
+  EXPECT_EQ(stats.workers_idle + stats.workers_busy, 0);
+  clock_.Advance(absl::Seconds(1));
+  stats = scheduler_->GetStats();
+  EXPECT_EQ(stats.workers_idle + stats.workers_busy + stats.workers_lost, 0);
+  // A forgotten worker that calls again counts again.
+  EXPECT_EQ(Register(quiet), quiet);
+  EXPECT_EQ(scheduler_->GetStats().workers_idle, 1);
+}
+
 TEST_F(SchedulerTest, ShardsGoToTwoWorkersInParallel) {
   Open();
   const std::string w1 = Register();

@@ -538,6 +538,9 @@ TEST_F(ServiceTest, WorkerStoppedBySigtermHandsItsTaskBackWithACheckpoint) {
               HasSubstr("\"resumed_from\":" + std::to_string(stopped_at)))
       << messages;
   EXPECT_THAT(messages, Not(HasSubstr("expired"))) << messages;
+  // A graceful stop is no failure: the attempt is given back (issue 16).
+  EXPECT_THAT(messages, HasSubstr("handed back by worker")) << messages;
+  EXPECT_THAT(messages, HasSubstr("the attempt not counted")) << messages;
 }
 
 // spec.distill.gpus: 2 (two gloo processes on the CPU): the worker runs

@@ -275,6 +275,8 @@ class Worker {
     request.set_error(std::string(result.status().message()).substr(0, 8000));
     request.set_retryable(shutting_down ||
                           IsRetryableTaskError(result.status()));
+    // Stopped by our own shutdown (DISTILL checkpoints first): not a failure.
+    request.set_handed_back(shutting_down);
     Log(absl::StrCat("task ", task.task_id(), " failed (",
                      request.retryable() ? "retryable" : "final",
                      "): ", result.status().ToString()));
